@@ -1,0 +1,1 @@
+"""Benchmarks behind `facestudio bench ...`: each returns a JSON-serialisable dict of measurements."""

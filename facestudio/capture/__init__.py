@@ -1,0 +1,1 @@
+"""Capture stage: the device link (protocol, pairing, discovery), the virtual device and takes on disk."""

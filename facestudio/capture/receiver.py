@@ -1,0 +1,336 @@
+"""The desktop side of the capture protocol: connect, pair, stream, measure.
+
+:class:`DeviceClient` runs one reader thread per device. Frames go to subscribers:
+a live preview (:class:`LatestFrame`, keeps only the newest, may skip) and recorders
+(:class:`FrameQueue`, bounded, *never* drops: when it is full the reader waits, TCP pushes
+back, and the device skips frames at the source, which the stats report). Everything the
+reader learns (frames, errors, the end of the stream) is plain data, safe to hand to a GUI.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from facestudio import __version__
+from facestudio.capture.channel import Channel, PeerClosed, RecordTimeout
+from facestudio.capture.frame import Frame
+from facestudio.capture.pairing import PairingError, spake2_finish, spake2_start, transcript_hash
+from facestudio.capture.protocol import (SUPPORTED_VERSIONS, Message, MsgType, ProtocolError,
+                                         encode_message, message_to_frame, message_to_truth)
+
+log = logging.getLogger(__name__)
+PING_INTERVAL_S = 2.0
+
+
+class DeviceError(Exception):
+    """The device refused, failed or vanished; the message says which, for the user."""
+
+
+@dataclass
+class LinkStats:
+    """Live numbers about one stream (all plain data)."""
+
+    frames: int = 0
+    device_skipped: int = 0
+    preview_skipped: int = 0
+    bytes: int = 0
+    fps: float = 0.0
+    bandwidth_mbps: float = 0.0
+    latency_p50_ms: float = float("nan")
+    latency_p95_ms: float = float("nan")
+    clock_offset_s: float = 0.0
+    _arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=120), repr=False)
+    _latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=600), repr=False)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class FrameQueue:
+    """A bounded queue for a recorder: ``put`` blocks when full, so no frame is ever dropped."""
+
+    def __init__(self, maxsize: int = 240):
+        self._q: queue.Queue = queue.Queue(maxsize)
+
+    def put(self, frame: Frame | None) -> None:
+        self._q.put(frame)
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The next frame; None marks the end of the stream. Raises queue.Empty on timeout."""
+        return self._q.get(timeout=timeout)
+
+    def qsize(self) -> int:
+        return self._q.qsize()
+
+
+class LatestFrame:
+    """A one-slot mailbox for previews: a newer frame replaces an unread one (counted as skipped)."""
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._lock = threading.Lock()
+        self.skipped = 0
+
+    def put(self, frame: Frame | None) -> None:
+        if frame is None:
+            return
+        with self._lock:
+            if self._frame is not None:
+                self.skipped += 1
+            self._frame = frame
+
+    def take(self) -> Frame | None:
+        with self._lock:
+            frame, self._frame = self._frame, None
+            return frame
+
+
+class DeviceClient:
+    """A paired, encrypted connection to one capture device."""
+
+    def __init__(self, host: str, port: int, pin: str | None, *, timeout: float = 10.0,
+                 insecure: bool = False):
+        self.host, self.port, self.pin = host, port, pin
+        self.timeout = timeout
+        self.insecure = insecure
+        self.device: dict[str, Any] = {}
+        self.settings: dict[str, Any] = {}
+        self.truth: dict[str, Any] | None = None
+        self.stats = LinkStats()
+        self.error: str | None = None
+        self.stopped_report: dict[str, Any] | None = None
+        self._ch: Channel | None = None
+        self._reader: threading.Thread | None = None
+        self._pinger: threading.Thread | None = None
+        self._sinks: list[FrameQueue | LatestFrame] = []
+        self._sinks_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._stopped = threading.Event()
+        self._last_index = -1
+        self._best_rtt = float("inf")
+
+    # ------------------------------------------------------------------ set-up
+    def connect(self) -> dict[str, Any]:
+        """Open TCP, negotiate the version and pair. Returns the device's description."""
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
+            raise DeviceError(f"cannot reach device at {self.host}:{self.port}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._ch = ch = Channel(sock, self.timeout)
+        try:
+            hello = Message(MsgType.HELLO, {"versions": list(SUPPORTED_VERSIONS),
+                                            "client": f"FaceStudio {__version__}",
+                                            **({"insecure": True} if self.insecure else {})})
+            ch.send(hello)
+            reply = self._expect(MsgType.HELLO_REPLY)
+            self.device = reply.header.get("device") if isinstance(reply.header.get("device"), dict) else {}
+            if reply.header.get("pairing") == "none":
+                if not self.insecure:
+                    raise DeviceError("device offered an unencrypted link; refusing")
+                ch.allow_large_plain_records()
+                return self.device
+            if self.pin is None:
+                raise DeviceError("this device needs the 6-digit PIN it shows on screen")
+            state, my_msg = spake2_start(self.pin, "client")
+            ch.send(Message(MsgType.PAIR, {}, [my_msg]))
+            pair = self._expect(MsgType.PAIR)
+            if len(pair.blobs) != 1:
+                raise ProtocolError("PAIR must carry one blob")
+            transcript = transcript_hash(encode_message(hello), encode_message(reply), my_msg, pair.blobs[0])
+            keys = spake2_finish(state, pair.blobs[0], transcript)
+            ch.send(Message(MsgType.CONFIRM, {}, [keys.client_confirm]))
+            confirm = self._expect(MsgType.CONFIRM)
+            if len(confirm.blobs) != 1 or not hmac.compare_digest(confirm.blobs[0], keys.device_confirm):
+                raise PairingError("the device failed key confirmation (not the device you paired with?)")
+            ch.enable_encryption(send_key=keys.client_to_device, recv_key=keys.device_to_client)
+        except (ProtocolError, PeerClosed, RecordTimeout, OSError) as exc:
+            ch.close()
+            raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
+        except (PairingError, DeviceError):
+            ch.close()
+            raise
+        return self.device
+
+    def _expect(self, mtype: MsgType) -> Message:
+        assert self._ch is not None
+        msg = self._ch.recv()
+        if msg.type is MsgType.ERROR:
+            code, text = msg.header.get("code"), str(msg.header.get("message", ""))[:300]
+            if code == "wrong_pin":
+                raise PairingError("wrong PIN: check the 6 digits shown on the device")
+            if code == "rate_limited":
+                raise PairingError(f"the device is refusing PINs for now: {text}")
+            raise DeviceError(f"device error ({code}): {text}")
+        if msg.type is not mtype:
+            raise ProtocolError(f"expected {mtype.name}, got {msg.type.name}")
+        return msg
+
+    def subscribe(self, sink: FrameQueue | LatestFrame) -> FrameQueue | LatestFrame:
+        with self._sinks_lock:
+            self._sinks.append(sink)
+        return sink
+
+    def unsubscribe(self, sink: FrameQueue | LatestFrame) -> None:
+        with self._sinks_lock:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+    def start(self, fps: float = 30, color_width: int = 640, color_height: int = 480,
+              depth_every: int = 1, ground_truth: bool = True) -> dict[str, Any]:
+        """Ask the device to stream; returns the settings it actually uses."""
+        if self._ch is None:
+            raise DeviceError("not connected")
+        self._ch.send(Message(MsgType.START, {"fps": fps, "color_width": color_width,
+                                              "color_height": color_height, "depth_every": depth_every,
+                                              "ground_truth": ground_truth}))
+        try:
+            self.settings = self._expect(MsgType.STARTED).header
+        except (ProtocolError, PeerClosed, RecordTimeout) as exc:
+            raise DeviceError(f"device did not start streaming: {exc}") from None
+        self._stopped.clear()
+        self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"recv-{self.port}")
+        self._reader.start()
+        self._pinger = threading.Thread(target=self._ping_loop, daemon=True, name=f"ping-{self.port}")
+        self._pinger.start()
+        return self.settings
+
+    # ------------------------------------------------------------------ streaming
+    def _read_loop(self) -> None:
+        assert self._ch is not None
+        ch = self._ch
+        try:
+            while not self._closed.is_set():
+                msg = ch.recv()
+                if msg.type is MsgType.FRAME:
+                    self._on_frame(message_to_frame(msg), ch.bytes_received)
+                elif msg.type is MsgType.TRUTH:
+                    self.truth = message_to_truth(msg)
+                elif msg.type is MsgType.PONG:
+                    self._on_pong(msg.header)
+                elif msg.type is MsgType.PING:
+                    ch.send(Message(MsgType.PONG, {"t": msg.header.get("t"), "t_reply": time.time()}))
+                elif msg.type is MsgType.STOPPED:
+                    self.stopped_report = msg.header
+                    self._stopped.set()
+                    self._end_sinks()
+                elif msg.type is MsgType.BYE:
+                    self.error = f"device closed the stream: {msg.header.get('reason', 'no reason given')}"
+                    break
+                elif msg.type is MsgType.ERROR:
+                    self.error = f"device error ({msg.header.get('code')}): {msg.header.get('message')}"
+                    break
+                else:
+                    raise ProtocolError(f"unexpected {msg.type.name} during streaming")
+        except ProtocolError as exc:
+            self.error = f"protocol violation by the device, connection closed: {exc}"
+        except RecordTimeout as exc:
+            self.error = f"device stopped responding ({exc})"
+        except (PeerClosed, OSError) as exc:
+            if not self._closed.is_set():
+                self.error = f"device disconnected: {exc}"
+        finally:
+            if self.error:
+                log.warning("%s:%s: %s", self.host, self.port, self.error)
+            self._closed.set()
+            self._stopped.set()
+            self._end_sinks()
+
+    def _end_sinks(self) -> None:
+        """Tell every subscriber the stream ended (None), so recorders finish their take."""
+        with self._sinks_lock:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            sink.put(None)
+
+    def _on_frame(self, frame: Frame, total_bytes: int) -> None:
+        if frame.index <= self._last_index:
+            raise ProtocolError(f"frame index {frame.index} after {self._last_index} (out of order)")
+        now = time.time()
+        s = self.stats
+        if self._last_index >= 0:
+            s.device_skipped += frame.index - self._last_index - 1
+        self._last_index = frame.index
+        s.frames += 1
+        s.bytes = total_bytes
+        s._arrivals.append((time.monotonic(), total_bytes))
+        s._latencies.append(now - (frame.timestamp - s.clock_offset_s))
+        if len(s._arrivals) >= 2:
+            (t0, b0), (t1, b1) = s._arrivals[0], s._arrivals[-1]
+            if t1 > t0:
+                s.fps = (len(s._arrivals) - 1) / (t1 - t0)
+                s.bandwidth_mbps = (b1 - b0) * 8 / (t1 - t0) / 1e6
+        if s.frames % 15 == 0:
+            lat = np.asarray(s._latencies) * 1000
+            s.latency_p50_ms, s.latency_p95_ms = (float(x) for x in np.percentile(lat, [50, 95]))
+        with self._sinks_lock:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            sink.put(frame)
+            if isinstance(sink, LatestFrame):
+                s.preview_skipped = sink.skipped
+
+    def _on_pong(self, h: dict[str, Any]) -> None:
+        """NTP-style offset (device clock - desktop clock) from the fastest recent round trip."""
+        t0, t_dev, t1 = h.get("t"), h.get("t_reply"), time.time()
+        if isinstance(t0, (int, float)) and isinstance(t_dev, (int, float)):
+            rtt = t1 - t0
+            if 0 <= rtt < self._best_rtt:
+                self._best_rtt = rtt
+                self.stats.clock_offset_s = t_dev - (t0 + rtt / 2)
+
+    def _ping_loop(self) -> None:
+        while not self._closed.wait(PING_INTERVAL_S):
+            try:
+                if self._ch is not None:
+                    self._ch.send(Message(MsgType.PING, {"t": time.time()}))
+            except OSError:
+                return
+
+    # ------------------------------------------------------------------ ending
+    @property
+    def streaming(self) -> bool:
+        return self._reader is not None and not self._closed.is_set() and not self._stopped.is_set()
+
+    def stop(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """Ask the device to stop; returns its report (frames sent, skipped) or None if it vanished."""
+        if self._ch is None or self._closed.is_set():
+            return self.stopped_report
+        try:
+            self._ch.send(Message(MsgType.STOP))
+        except OSError:
+            return None
+        self._stopped.wait(timeout)
+        return self.stopped_report
+
+    def close(self) -> None:
+        """Say goodbye and close; idempotent, joins the threads."""
+        if self._ch is None:
+            return
+        if not self._closed.is_set():
+            self._closed.set()
+            try:
+                self._ch.send(Message(MsgType.BYE, {"reason": "desktop closed the connection"}))
+            except OSError:
+                pass
+        self._ch.close()
+        for t in (self._reader, self._pinger):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout=5)
+        self._ch = None
+
+    def __enter__(self) -> "DeviceClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The `facestudio` command line. Each module registers one command group on the parser."""

@@ -1,0 +1,31 @@
+"""`facestudio facemodel import-ict DIR`: convert a user's ICT-FaceKit checkout for the virtual device."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from facestudio.cli.main import add_json_flag
+
+    p = sub.add_parser("facemodel", parents=[common], help="manage face models for synthetic faces")
+    fm = p.add_subparsers(dest="facemodel_command", metavar="ACTION", required=True)
+    q = fm.add_parser("import-ict", parents=[common],
+                      help="convert an ICT-FaceKit checkout (its FaceXModel folder) to FaceStudio's .npz")
+    q.add_argument("source", type=Path, help="ICT-FaceKit checkout or its FaceXModel folder")
+    q.add_argument("--out", type=Path, help="output .npz (default: LIBRARY/facemodels/ict_facekit.npz)")
+    add_json_flag(q)
+    q.set_defaults(func=run_import_ict)
+
+
+def run_import_ict(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.faces.ict import import_ict_facekit
+    from facestudio.paths import library_root
+
+    src = args.source / "FaceXModel" if (args.source / "FaceXModel").is_dir() else args.source
+    out = args.out or library_root(args.library) / "facemodels" / "ict_facekit.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import_ict_facekit(src, out)
+    return {"path": str(out), "source": str(src)}

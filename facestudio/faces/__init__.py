@@ -1,0 +1,1 @@
+"""Face sources: ARKit blendshape naming, the ICT morphable model and a built-in procedural head."""

@@ -1,0 +1,48 @@
+"""Where FaceStudio keeps user data: one library folder holding takes, datasets, models, exports.
+
+Resolution order: an explicit ``--library DIR`` > ``$FACESTUDIO_HOME`` > the platform's user
+data dir. Tests always pass a temporary folder, so they never touch a real library.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "FaceStudio"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+
+
+def library_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The library folder (created on first use)."""
+    if explicit:
+        root = Path(explicit)
+    elif os.environ.get("FACESTUDIO_HOME"):
+        root = Path(os.environ["FACESTUDIO_HOME"])
+    else:
+        root = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    root = root.expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def log_dir() -> Path:
+    path = Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_name(kind: str, name: str) -> str:
+    """Subject/take names become folder names: refuse anything that could escape the library."""
+    if not _SAFE_NAME.match(name) or name in {".", ".."}:
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use 1-64 letters, digits, space, '_', '-' or '.', "
+            "starting with a letter or digit")
+    return name
+
+
+def take_dir(root: Path, subject: str, take: str) -> Path:
+    return root / "takes" / check_name("subject", subject) / check_name("take", take)
