@@ -46,14 +46,17 @@ class LinkStats:
     bytes: int = 0
     fps: float = 0.0
     bandwidth_mbps: float = 0.0
-    latency_p50_ms: float = float("nan")
-    latency_p95_ms: float = float("nan")
     clock_offset_s: float = 0.0
     _arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=120), repr=False)
     _latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=600), repr=False)
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+    def as_dict(self) -> dict[str, float | None]:
+        """Counters plus latency percentiles over the last 600 frames (None before any frame)."""
+        out: dict[str, float | None] = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        lat = np.asarray(self._latencies) * 1000
+        p50, p95 = (round(float(x), 3) for x in np.percentile(lat, [50, 95])) if lat.size else (None, None)
+        out.update(latency_p50_ms=p50, latency_p95_ms=p95)
+        return out
 
 
 class FrameQueue:
@@ -270,9 +273,6 @@ class DeviceClient:
             if t1 > t0:
                 s.fps = (len(s._arrivals) - 1) / (t1 - t0)
                 s.bandwidth_mbps = (b1 - b0) * 8 / (t1 - t0) / 1e6
-        if s.frames % 15 == 0:
-            lat = np.asarray(s._latencies) * 1000
-            s.latency_p50_ms, s.latency_p95_ms = (float(x) for x in np.percentile(lat, [50, 95]))
         with self._sinks_lock:
             sinks = list(self._sinks)
         for sink in sinks:

@@ -128,8 +128,7 @@ def record_take(client: DeviceClient, take_path: Path, request: RecordRequest,
         finally:
             client.unsubscribe(frames_q)
         skipped = client.stats.device_skipped
-        writer.close(status=status, message=message, extra={"device_skipped": skipped,
-                                           "link": client.stats.as_dict()})
+        writer.close(status=status, message=message, extra={"link": client.stats.as_dict()})
     if status != "complete":
         log.warning("take %s ended early after %d frames: %s", take_path, written, message)
     return {"path": str(take_path), "status": status, "message": message, "frames": written,

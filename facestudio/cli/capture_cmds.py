@@ -144,7 +144,7 @@ def run_capture(args: argparse.Namespace) -> dict[str, Any]:
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
-            print(f"\r{p['frames']} frames  {p['fps']:.1f} fps  latency p95 {p['latency_p95_ms']:.1f} ms"
+            print(f"\r{p['frames']} frames  {p['fps']:.1f} fps  latency p95 {p['latency_p95_ms'] or 0:.1f} ms"
                   f"  {p['bandwidth_mbps']:.1f} Mbit/s  skipped {p['device_skipped']}", end="",
                   file=sys.stderr, flush=True)
 
