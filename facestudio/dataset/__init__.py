@@ -1,0 +1,1 @@
+"""Dataset stage: takes become fused, canonical per-expression segments (training objects)."""
