@@ -7,11 +7,10 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from facestudio.cli.groups import group
     from facestudio.cli.main import add_json_flag
 
-    p = sub.add_parser("bench", parents=[common], help="run a benchmark and print its measurements")
-    bench = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    q = bench.add_parser("capture", parents=[common],
+    q = group(sub, common, "bench").add_parser("capture", parents=[common],
                          help="capture link on loopback: fps, latency, CPU, bytes/frame, +-encryption")
     q.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     q.add_argument("--rates", default="30,60", help="frame rates to test (default 30,60)")

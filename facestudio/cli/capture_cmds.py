@@ -12,6 +12,7 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from facestudio.cli.groups import group
     from facestudio.cli.main import add_json_flag
 
     p = sub.add_parser("simulate", parents=[common], help="run the built-in virtual TrueDepth device",
@@ -55,8 +56,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_json_flag(p)
     p.set_defaults(func=run_capture)
 
-    p = sub.add_parser("take", parents=[common], help="inspect or repair a recorded take")
-    take_sub = p.add_subparsers(dest="take_command", metavar="ACTION", required=True)
+    take_sub = group(sub, common, "take")
     q = take_sub.add_parser("info", parents=[common], help="summarise a take")
     q.add_argument("path", type=Path)
     add_json_flag(q)

@@ -8,11 +8,10 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from facestudio.cli.groups import group
     from facestudio.cli.main import add_json_flag
 
-    p = sub.add_parser("facemodel", parents=[common], help="manage face models for synthetic faces")
-    fm = p.add_subparsers(dest="facemodel_command", metavar="ACTION", required=True)
-    q = fm.add_parser("import-ict", parents=[common],
+    q = group(sub, common, "facemodel").add_parser("import-ict", parents=[common],
                       help="convert an ICT-FaceKit checkout (its FaceXModel folder) to FaceStudio's .npz")
     q.add_argument("source", type=Path, help="ICT-FaceKit checkout or its FaceXModel folder")
     q.add_argument("--out", type=Path, help="output .npz (default: LIBRARY/facemodels/ict_facekit.npz)")

@@ -14,11 +14,19 @@ import os
 import sys
 from typing import Any
 
-from facestudio import __version__
-from facestudio.cli import bench_cmds, capture_cmds, facemodel_cmds, gui_cmd
+import importlib
+import pkgutil
 
-COMMAND_GROUPS = (gui_cmd, capture_cmds, facemodel_cmds, bench_cmds)
+from facestudio import __version__, cli
+from facestudio.cli import gui_cmd
+
 log = logging.getLogger("facestudio")
+
+
+def command_groups() -> list:
+    """Every ``facestudio/cli/*_cmds.py`` module, each registering its commands (cheap imports only)."""
+    names = sorted(m.name for m in pkgutil.iter_modules(cli.__path__) if m.name.endswith("_cmds"))
+    return [gui_cmd] + [importlib.import_module(f"facestudio.cli.{n}") for n in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facestudio {__version__}")
     gui_cmd.add_top_level_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in COMMAND_GROUPS:
+    for group in command_groups():
         group.register(sub, common)
     return parser
 
