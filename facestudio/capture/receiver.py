@@ -119,6 +119,8 @@ class DeviceClient:
         self._sinks_lock = threading.Lock()
         self._closed = threading.Event()
         self._stopped = threading.Event()
+        self._stopped.set()
+        self._control: queue.Queue[Message | None] = queue.Queue()
         self._last_index = -1
         self._best_rtt = float("inf")
 
@@ -142,6 +144,7 @@ class DeviceClient:
                 if not self.insecure:
                     raise DeviceError("device offered an unencrypted link; refusing")
                 ch.allow_large_plain_records()
+                self._start_session_threads()
                 return self.device
             if self.pin is None:
                 raise DeviceError("this device needs the 6-digit PIN it shows on screen")
@@ -157,6 +160,7 @@ class DeviceClient:
             if len(confirm.blobs) != 1 or not hmac.compare_digest(confirm.blobs[0], keys.device_confirm):
                 raise PairingError("the device failed key confirmation (not the device you paired with?)")
             ch.enable_encryption(send_key=keys.client_to_device, recv_key=keys.device_to_client)
+            self._start_session_threads()
         except (ProtocolError, PeerClosed, RecordTimeout, OSError) as exc:
             ch.close()
             raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
@@ -191,24 +195,46 @@ class DeviceClient:
 
     def start(self, fps: float = 30, color_width: int = 640, color_height: int = 480,
               depth_every: int = 1, ground_truth: bool = True) -> dict[str, Any]:
-        """Ask the device to stream; returns the settings it actually uses."""
-        if self._ch is None:
-            raise DeviceError("not connected")
+        """Ask the device to stream; returns the settings it actually uses. Can follow a stop()."""
+        if self._ch is None or self._closed.is_set():
+            raise DeviceError(self.error or "not connected")
+        if self.streaming:
+            raise DeviceError("already streaming")
+        self._drain_control()
+        self._last_index = -1
         self._ch.send(Message(MsgType.START, {"fps": fps, "color_width": color_width,
                                               "color_height": color_height, "depth_every": depth_every,
                                               "ground_truth": ground_truth}))
-        try:
-            self.settings = self._expect(MsgType.STARTED).header
-        except (ProtocolError, PeerClosed, RecordTimeout) as exc:
-            raise DeviceError(f"device did not start streaming: {exc}") from None
-        self._stopped.clear()
-        self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"recv-{self.port}")
-        self._reader.start()
-        self._pinger = threading.Thread(target=self._ping_loop, daemon=True, name=f"ping-{self.port}")
-        self._pinger.start()
+        self.settings = self._await_control(MsgType.STARTED).header
         return self.settings
 
-    # ------------------------------------------------------------------ streaming
+    def _await_control(self, mtype: MsgType) -> Message:
+        """The reader thread hands STARTED/STOPPED/ERROR replies over through the control mailbox."""
+        try:
+            msg = self._control.get(timeout=self.timeout)
+        except queue.Empty:
+            raise DeviceError(f"device did not answer with {mtype.name} within {self.timeout:g} s") from None
+        if msg is None or msg.type is MsgType.ERROR:
+            raise DeviceError(self.error or "device closed the connection")
+        if msg.type is not mtype:
+            raise DeviceError(f"device answered {msg.type.name} instead of {mtype.name}")
+        return msg
+
+    def _drain_control(self) -> None:
+        while True:
+            try:
+                self._control.get_nowait()
+            except queue.Empty:
+                return
+
+    # ------------------------------------------------------------------ session
+    def _start_session_threads(self) -> None:
+        """After pairing: one reader for everything the device sends, one pinger (keepalive + clock)."""
+        self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"recv-{self.port}")
+        self._pinger = threading.Thread(target=self._ping_loop, daemon=True, name=f"ping-{self.port}")
+        self._reader.start()
+        self._pinger.start()
+
     def _read_loop(self) -> None:
         assert self._ch is not None
         ch = self._ch
@@ -216,6 +242,8 @@ class DeviceClient:
             while not self._closed.is_set():
                 msg = ch.recv()
                 if msg.type is MsgType.FRAME:
+                    if self._stopped.is_set():
+                        raise ProtocolError("FRAME while not streaming")
                     self._on_frame(message_to_frame(msg), ch.bytes_received)
                 elif msg.type is MsgType.TRUTH:
                     self.truth = message_to_truth(msg)
@@ -223,10 +251,14 @@ class DeviceClient:
                     self._on_pong(msg.header)
                 elif msg.type is MsgType.PING:
                     ch.send(Message(MsgType.PONG, {"t": msg.header.get("t"), "t_reply": time.time()}))
+                elif msg.type is MsgType.STARTED:
+                    self._stopped.clear()
+                    self._control.put(msg)
                 elif msg.type is MsgType.STOPPED:
                     self.stopped_report = msg.header
                     self._stopped.set()
                     self._end_sinks()
+                    self._control.put(msg)
                 elif msg.type is MsgType.BYE:
                     self.error = f"device closed the stream: {msg.header.get('reason', 'no reason given')}"
                     break
@@ -234,7 +266,7 @@ class DeviceClient:
                     self.error = f"device error ({msg.header.get('code')}): {msg.header.get('message')}"
                     break
                 else:
-                    raise ProtocolError(f"unexpected {msg.type.name} during streaming")
+                    raise ProtocolError(f"unexpected {msg.type.name} from the device")
         except ProtocolError as exc:
             self.error = f"protocol violation by the device, connection closed: {exc}"
         except RecordTimeout as exc:
@@ -247,6 +279,7 @@ class DeviceClient:
                 log.warning("%s:%s: %s", self.host, self.port, self.error)
             self._closed.set()
             self._stopped.set()
+            self._control.put(None)
             self._end_sinks()
 
     def _end_sinks(self) -> None:
@@ -300,17 +333,18 @@ class DeviceClient:
     # ------------------------------------------------------------------ ending
     @property
     def streaming(self) -> bool:
-        return self._reader is not None and not self._closed.is_set() and not self._stopped.is_set()
+        return not self._closed.is_set() and not self._stopped.is_set()
 
-    def stop(self, timeout: float = 5.0) -> dict[str, Any] | None:
+    def stop(self) -> dict[str, Any] | None:
         """Ask the device to stop; returns its report (frames sent, skipped) or None if it vanished."""
-        if self._ch is None or self._closed.is_set():
+        if self._ch is None or self._closed.is_set() or self._stopped.is_set():
             return self.stopped_report
+        self._drain_control()
         try:
             self._ch.send(Message(MsgType.STOP))
-        except OSError:
+            self._await_control(MsgType.STOPPED)
+        except (OSError, DeviceError):
             return None
-        self._stopped.wait(timeout)
         return self.stopped_report
 
     def close(self) -> None:

@@ -62,23 +62,36 @@ def record_take(client: DeviceClient, take_path: Path, request: RecordRequest,
                 fps: float = 30.0, queue_size: int = 240) -> dict[str, Any]:
     """Stream from an already connected ``client`` into a new take; returns a summary dict.
 
-    The stream is started here and stopped at the end. Frames that arrive are never dropped;
-    frames the device skipped are counted in the manifest.
+    If the client is not streaming yet (CLI), the stream is started here and stopped at the
+    end; if it already streams (the GUI's live preview), the take taps the running stream and
+    leaves it running. Frames that arrive are never dropped; frames the device skipped during
+    the take are counted in the manifest.
     """
     stop = stop or threading.Event()
     frames_q = client.subscribe(FrameQueue(queue_size))
     manifest = {"subject": request.subject, "take": request.take, "expression": request.expression,
                 "device": client.device}
-    written, first_index, last_index = 0, None, None
+    kept: list[int] = []             # frame indices written, in order
     status, message = "complete", ""
     t_start = time.monotonic()
     last_report = 0.0
     with TakeWriter(take_path, manifest) as writer:
+
+        def keep(frame) -> bool:
+            """Write a frame unless the requested frame count is already reached."""
+            if request.frames is not None and len(kept) >= request.frames:
+                return False
+            writer.append(frame)
+            kept.append(frame.index)
+            return True
+
         try:
-            client.start(fps=fps, ground_truth=True)
+            owns_stream = not client.streaming
+            if owns_stream:
+                client.start(fps=fps, ground_truth=True)
             ended = False
             while not ended:
-                if request.frames is not None and written >= request.frames:
+                if request.frames is not None and len(kept) >= request.frames:
                     break
                 if request.seconds is not None and time.monotonic() - t_start >= request.seconds:
                     break
@@ -92,20 +105,17 @@ def record_take(client: DeviceClient, take_path: Path, request: RecordRequest,
                 if frame is None:
                     ended = True
                     break
-                writer.append(frame)
-                written += 1
-                first_index = frame.index if first_index is None else first_index
-                last_index = frame.index
+                keep(frame)
                 now = time.monotonic()
                 if progress is not None and now - last_report >= 0.25:
                     last_report = now
-                    progress({"frames": written, "elapsed_s": now - t_start,
+                    progress({"frames": len(kept), "elapsed_s": now - t_start,
                               "target_frames": request.frames, "target_seconds": request.seconds,
                               **client.stats.as_dict()})
             if ended:
                 status = "incomplete"
                 message = client.error or "the device ended the stream"
-            else:
+            elif owns_stream:
                 client.stop()
                 # Frames already received before STOPPED still belong to the take.
                 while True:
@@ -115,22 +125,17 @@ def record_take(client: DeviceClient, take_path: Path, request: RecordRequest,
                         break
                     if frame is None:
                         break
-                    if request.frames is not None and written >= request.frames:
-                        continue  # beyond what was asked for: not part of this take
-                    writer.append(frame)
-                    written += 1
-                    first_index = frame.index if first_index is None else first_index
-                    last_index = frame.index
+                    keep(frame)
             if client.truth is not None:
                 writer.add_attachment("ground_truth", truth_arrays(client.truth))
         except DeviceError as exc:
             status, message = "incomplete", str(exc)
         finally:
             client.unsubscribe(frames_q)
-        skipped = client.stats.device_skipped
-        writer.close(status=status, message=message, extra={"link": client.stats.as_dict()})
+        final = writer.close(status=status, message=message, extra={"link": client.stats.as_dict()})
     if status != "complete":
-        log.warning("take %s ended early after %d frames: %s", take_path, written, message)
-    return {"path": str(take_path), "status": status, "message": message, "frames": written,
-            "first_index": first_index, "last_index": last_index, "device_skipped": skipped,
+        log.warning("take %s ended early after %d frames: %s", take_path, len(kept), message)
+    return {"path": str(take_path), "status": status, "message": message, "frames": len(kept),
+            "first_index": kept[0] if kept else None, "last_index": kept[-1] if kept else None,
+            "device_skipped": final["skipped"],
             "duration_s": round(time.monotonic() - t_start, 3), "link": client.stats.as_dict()}

@@ -1,0 +1,128 @@
+"""The main window: workflow navigation, the current panel, the shared 3D viewport, status.
+
+The window is cheap to show: pyvista and torch are imported after the first paint
+(``_after_show``), because together they take seconds. Closing the window ends every job,
+stream, discovery browser and virtual device before the viewport is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMainWindow,
+                               QSplitter, QStackedWidget, QWidget)
+
+from facestudio.gui.capture_panel import CapturePanel, SourceFactory
+from facestudio.gui.pages import PlannedPage
+from facestudio.gui.viewport import Viewport
+from facestudio.gui.workers import Job, Jobs
+
+log = logging.getLogger(__name__)
+
+STEPS = ("Capture", "Library", "Train", "Generate")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, library: Path, *, interfaces: list[str] | None = None,
+                 virtual_source: SourceFactory | None = None, detect_compute: bool = True):
+        super().__init__()
+        self.setWindowTitle("FaceStudio")
+        self.resize(1500, 940)
+        self.library = library
+        self._detect_compute = detect_compute
+        self._started = False
+        self.jobs = Jobs(self)
+        self.viewport = Viewport()
+        self.capture = CapturePanel(library, self.jobs, self.viewport, interfaces=interfaces,
+                                    virtual_source=virtual_source)
+
+        self.nav = QListWidget()
+        self.nav.setObjectName("nav")
+        self.nav.setIconSize(QSize(18, 18))
+        self.nav.setFixedWidth(168)
+        self.pages = QStackedWidget()
+        self.pages.setObjectName("pages")
+        for name in STEPS:
+            self.nav.addItem(QListWidgetItem(name))
+            self.pages.addWidget(self.capture if name == "Capture" else PlannedPage(name, library))
+        self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.nav.setCurrentRow(0)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.pages)
+        splitter.addWidget(self.viewport)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 1)
+        self.pages.setMinimumWidth(560)
+        splitter.setSizes([720, 700])
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.nav)
+        layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+
+        self.device_label = QLabel("No device")
+        self.compute_label = QLabel("Compute: …")
+        self.jobs_label = QLabel("No background jobs")
+        for label in (self.device_label, self.compute_label, self.jobs_label):
+            self.statusBar().addPermanentWidget(label)
+        self.statusBar().showMessage(f"Library: {library}")
+        self.capture.device_changed.connect(self._device_changed)
+        self.jobs.changed.connect(self._jobs_changed)
+
+    def show_step(self, name: str) -> None:
+        self.nav.setCurrentRow(STEPS.index(name))
+
+    # ------------------------------------------------------------------ start-up
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if not self._started:
+            self._started = True
+            QTimer.singleShot(0, self._after_show)
+
+    def _after_show(self) -> None:
+        """The slow parts of start-up, after the window is on screen."""
+        self.viewport.create_plotter()
+        self.capture.start_discovery()
+        if self._detect_compute:
+            self.jobs.start("detect compute device", _detect_compute,
+                            on_success=self._compute_found, on_error=self._compute_failed)
+        else:
+            self.compute_label.setText("Compute: not checked")
+
+    # ------------------------------------------------------------------ status bar
+    def _device_changed(self, text: str) -> None:
+        self.device_label.setText(f"Device: {text}" if text else "No device")
+
+    def _compute_found(self, text: str) -> None:
+        self.compute_label.setText(f"Compute: {text}")
+
+    def _compute_failed(self, exc: Exception) -> None:
+        self.compute_label.setText(f"Compute: unknown ({exc})")
+
+    def _jobs_changed(self, names: list[str]) -> None:
+        self.jobs_label.setText(f"Jobs: {', '.join(names)}" if names else "No background jobs")
+
+    # ------------------------------------------------------------------ shutdown
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
+        """Finish takes, close streams and devices, then VTK (it crashes at exit otherwise)."""
+        self.jobs.shutdown()
+        self.capture.shutdown()
+        self.viewport.close_plotter()
+        super().closeEvent(event)
+
+
+def _detect_compute(_job: Job) -> str:
+    """Which device training would use (torch is imported here, off the GUI thread)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"CUDA · {torch.cuda.get_device_name(0)}"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "Apple MPS"
+    return f"CPU · {torch.get_num_threads()} threads"
