@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from facestudio.faces.arkit import BLENDSHAPE_NAMES, blendshape_vector
-from facestudio.faces.ict import (ICT_EXPRESSION_NAMES, FaceSurface, IctFaceModel, arkit_coverage,
+from facestudio.faces.surface import FaceSurface
+from facestudio.faces.ict import (ICT_EXPRESSION_NAMES, IctFaceModel, arkit_coverage,
                                   arkit_mapping, ict_to_arkit_name, import_ict_facekit)
 from facestudio.faces.procedural import SHAPE_PARAM_NAMES, ProceduralHead
 

@@ -6,7 +6,7 @@ leaves this module is the ICT coordinates divided by 100 — the canonical head 
 :mod:`facestudio.capture.frame`.
 
 Both face sources (this model and :mod:`facestudio.faces.procedural`) expose the small
-:class:`FaceSurface` protocol, so the synthetic renderer and the ground-truth scoring treat
+:class:`facestudio.faces.surface.FaceSurface` protocol, so the synthetic renderer and the ground-truth scoring treat
 them alike.
 """
 
@@ -16,8 +16,6 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
-
 import numpy as np
 
 from facestudio.faces.arkit import BLENDSHAPE_INDEX, BLENDSHAPE_NAMES, NUM_BLENDSHAPES
@@ -59,24 +57,6 @@ ICT_EXPRESSION_NAMES: tuple[str, ...] = (
     "mouthShrugUpper", "mouthSmile_L", "mouthSmile_R", "mouthStretch_L", "mouthStretch_R",
     "mouthUpperUp_L", "mouthUpperUp_R", "noseSneer_L", "noseSneer_R",
 )
-
-
-@runtime_checkable
-class FaceSurface(Protocol):
-    """A face with a bound identity, as the renderer and the ground truth need it.
-
-    ``vertices`` returns all model vertices; ``triangles`` index the rendered surface only.
-    """
-
-    kind: str                    # "ict" | "procedural"
-    identity_params: np.ndarray  # ICT identity weights, or the procedural shape parameters
-    triangles: np.ndarray        # (F, 3) int32
-    face_vertex_mask: np.ndarray  # (V,) bool, frontal face a TrueDepth camera sees
-    vertex_colors: np.ndarray    # (V, 3) float32 RGB in [0, 1]
-
-    def vertices(self, blendshapes: np.ndarray) -> np.ndarray:
-        """(V, 3) float32 metres in the canonical head frame for 52 ARKit weights."""
-        ...
 
 
 def ict_to_arkit_name(ict_name: str) -> str | None:

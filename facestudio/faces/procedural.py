@@ -74,7 +74,7 @@ def _rot_y(a: float) -> np.ndarray:
 
 
 class ProceduralHead:
-    """A seeded procedural identity implementing :class:`facestudio.faces.ict.FaceSurface`."""
+    """A seeded procedural identity implementing :class:`facestudio.faces.surface.FaceSurface`."""
 
     kind = "procedural"
 

@@ -20,7 +20,8 @@ import open3d as o3d
 
 from facestudio.capture.frame import Intrinsics
 from facestudio.capture.virtual.script import Script
-from facestudio.faces.ict import FaceSurface, IctFaceModel
+from facestudio.faces.ict import IctFaceModel
+from facestudio.faces.surface import FaceSurface
 from facestudio.faces.procedural import ProceduralHead
 
 FOCAL_640 = 590.0          # px at 640 wide, TrueDepth-like
