@@ -71,6 +71,8 @@ def test_discover_capture_and_inspect_a_take(simulator, library):
 
     info = cli_json("take", "info", str(take))
     assert info["complete"] and info["frames"] == 12 and info["subject"] == "alice"
+    listing = cli_json("library", "list")
+    assert [(t["subject"], t["take"]) for t in listing["takes"]] == [("alice", "t1")]
 
     from facestudio.capture.take import TakeReader
 

@@ -132,10 +132,12 @@ def resolve_device(spec: str, timeout: float, interfaces: list[str] | None) -> t
 def run_capture(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.capture.receiver import DeviceClient
     from facestudio.capture.recorder import RecordRequest, record_take
+    from facestudio.library.catalog import Catalog
     from facestudio.paths import library_root, take_dir
 
     request = RecordRequest(args.subject, args.take, args.expression, args.frames, args.seconds)
-    path = take_dir(library_root(args.library), args.subject, args.take)
+    root = library_root(args.library)
+    path = take_dir(root, args.subject, args.take)
     if path.exists() and any(path.iterdir()):
         raise ValueError(f"take {args.subject}/{args.take} already exists at {path}")
     host, port = resolve_device(args.device, args.timeout, args.interface)
@@ -153,6 +155,7 @@ def run_capture(args: argparse.Namespace) -> dict[str, Any]:
         result = record_take(client, path, request, stop=stop, progress=progress, fps=args.fps)
     if not args.json:
         print(file=sys.stderr)
+    Catalog(root).index_take(args.subject, args.take)
     return result
 
 
