@@ -220,3 +220,14 @@ def test_procedural_colours(head: ProceduralHead) -> None:
     lips = col[head.face_vertex_mask & (np.abs(head.vertices(np.zeros(52))[:, 1] + 0.0245) < 0.002)
                & (np.abs(head.vertices(np.zeros(52))[:, 0]) < 0.01)]
     assert (lips[:, 0] - lips[:, 1]).mean() > (col[:, 0] - col[:, 1]).mean()  # redder lips
+
+
+def test_facemodel_import_ict_command(tmp_path: Path, library: Path) -> None:
+    from facestudio.cli.main import main
+
+    _fake_facekit(tmp_path)
+    assert main(["facemodel", "import-ict", str(tmp_path)]) == 0   # the checkout, not FaceXModel
+    out = library / "facemodels" / "ict_facekit.npz"
+    with np.load(out) as d:
+        assert d["identity_basis"].shape == (3, 5, 3)
+    assert main(["facemodel", "import-ict", str(tmp_path / "missing")]) == 2
