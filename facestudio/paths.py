@@ -46,3 +46,17 @@ def check_name(kind: str, name: str) -> str:
 
 def take_dir(root: Path, subject: str, take: str) -> Path:
     return root / "takes" / check_name("subject", subject) / check_name("take", take)
+
+
+def imported_face_model(root: Path) -> Path:
+    """Where `facestudio facemodel import-ict` puts the user's ICT model."""
+    return root / "facemodels" / "ict_facekit.npz"
+
+
+def face_model_for(root: Path, explicit: str | None) -> str | None:
+    """The face model a virtual device uses: the one given, else the library's imported one,
+    else None (the built-in procedural head)."""
+    if explicit:
+        return explicit
+    imported = imported_face_model(root)
+    return str(imported) if imported.is_file() else None

@@ -166,13 +166,17 @@ def test_script_segments_and_labels(proc: SyntheticFaceSource) -> None:
 
 def test_head_motion_range() -> None:
     script = Script(seed=0)
-    ts = np.linspace(0, script.duration, 600)
+    ts = np.linspace(0, script.duration, 2400)
     poses = np.stack([script.head_pose(t) for t in ts])
     yaw = np.degrees(np.arctan2(poses[:, 0, 2], poses[:, 2, 2]))
     pitch = np.degrees(np.arcsin(np.clip(-poses[:, 1, 2], -1, 1)))
     assert 35 < np.abs(yaw).max() <= 41 and 15 < np.abs(pitch).max() <= 22
     step = np.abs(np.diff(yaw)).max()
-    assert step < 2.0                                  # smooth at ~18 samples/s
+    assert step < 2.0                                  # smooth: < 2 deg at ~58 samples/s
+    for seg in script.segments:                        # every hold is seen from both sides
+        held = (ts >= seg.start) & (ts < seg.end)
+        assert yaw[held].max() > 30 and yaw[held].min() < -30, seg.label
+        assert pitch[held].max() > 12 and pitch[held].min() < -12, seg.label
     np.testing.assert_allclose(script.head_pose(0.0), script.head_pose(script.duration), atol=1e-9)
     assert np.allclose(poses[:, :3, :3] @ poses[:, :3, :3].transpose(0, 2, 1), np.eye(3), atol=1e-9)
 

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--pin", help="6-digit PIN (default: a random one, printed)")
     p.add_argument("--fps", type=float, default=30.0, help="maximum frame rate (default 30)")
     p.add_argument("--name", default="Virtual iPad", help="device name shown to desktops")
-    p.add_argument("--face-model", metavar="PATH", help="ICT face model .npz (default: built-in head)")
+    p.add_argument("--face-model", metavar="PATH",
+                   help="ICT face model .npz (default: the library's imported one, else a built-in head)")
     p.add_argument("--seed", type=int, default=0, help="identity seed (default 0)")
     p.add_argument("--no-advertise", action="store_true", help="do not announce on zeroconf")
     p.add_argument("--interface", action="append", metavar="IP",
@@ -71,7 +72,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.capture.virtual_device import ReplayFrameSource, SyntheticFrameSource, VirtualDevice
 
-    source = SyntheticFrameSource(args.face_model, seed=args.seed, max_fps=args.fps)
+    from facestudio.paths import face_model_for, library_root
+
+    face_model = face_model_for(library_root(args.library), args.face_model)
+    source = SyntheticFrameSource(face_model, seed=args.seed, max_fps=args.fps)
     if args.prerender:
         source = ReplayFrameSource.prerender(source, args.prerender, args.fps)
     device = VirtualDevice(source, name=args.name, pin=args.pin, host=args.host, port=args.port,

@@ -29,8 +29,8 @@ def apply_look(app: QApplication) -> None:
 def create_window(library: str | None = None, face_model: str | None = None,
                   interfaces: list[str] | None = None) -> MainWindow:
     """The main window for a library (QApplication must exist)."""
-    return MainWindow(library_root(library), interfaces=interfaces,
-                      virtual_source=synthetic_source(face_model))
+    root = library_root(library)
+    return MainWindow(root, interfaces=interfaces, virtual_source=synthetic_source(face_model, root))
 
 
 def run_app(library: str | None = None, virtual_device: bool = False,

@@ -26,12 +26,12 @@ from facestudio.capture.discovery import DeviceBrowser, DiscoveredDevice
 from facestudio.capture.pairing import PairingError
 from facestudio.capture.receiver import DeviceClient, DeviceError, LatestFrame
 from facestudio.capture.recorder import RecordRequest, record_take
-from facestudio.gui.imaging import backproject, bgr_to_qimage, colorize_depth
 from facestudio.capture.prompts import HEAD_MOTION_HINT, PROMPTS
+from facestudio.gui.imaging import backproject, bgr_to_qimage, colorize_depth
 from facestudio.gui.recording import next_take_name
 from facestudio.gui.viewport import Viewport
 from facestudio.gui.workers import Job, Jobs
-from facestudio.paths import take_dir
+from facestudio.paths import face_model_for, take_dir
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +537,7 @@ class CapturePanel(QWidget):
         if result["status"] == "complete":
             self._done_prompts.add((request_subject, self.current_expression()))
             self.show_message(f"Saved take with {result['frames']} frames "
-                              f"({_skipped_in_take(result)} skipped by the device) "
+                              f"({result['device_skipped']} skipped by the device) "
                               f"to {result['path']}", "success")
             self._advance_prompt()
         else:
@@ -592,22 +592,20 @@ class CapturePanel(QWidget):
         self._virtual.clear()
 
 
-def synthetic_source(face_model: str | None) -> SourceFactory:
-    """The real virtual device's source: a rendered synthetic face (optionally an ICT model)."""
+def synthetic_source(face_model: str | None, library: Path | None = None) -> SourceFactory:
+    """The real virtual device's source: a rendered synthetic face.
+
+    The face is the given ICT model, else one imported into the library with
+    `facestudio facemodel import-ict`, else the built-in procedural head.
+    """
+    face_model = face_model_for(library, face_model) if library is not None else face_model
+
     def make(seed: int):
         from facestudio.capture.virtual_device import SyntheticFrameSource
 
         return SyntheticFrameSource(face_model, seed=seed)
     return make
 
-
-def _skipped_in_take(result: dict) -> int:
-    """Frames the device skipped during this take (the link's own counter spans the whole
-    stream, which started before the take for the preview)."""
-    first, last = result.get("first_index"), result.get("last_index")
-    if first is None or last is None:
-        return 0
-    return max(0, last - first + 1 - result["frames"])
 
 
 def _format_stats(s: dict[str, float]) -> str:

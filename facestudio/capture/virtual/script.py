@@ -46,11 +46,12 @@ class Script:
     """Neutral first, then the other expressions in a seed-dependent order, then loop.
 
     Each slot is a transition (from the previous expression, wrapping at the loop) followed by
-    a hold. Head motion is a Lissajous curve whose frequencies are whole multiples of the loop
-    rate, so the take loops seamlessly.
+    a hold. The head sweeps yaw once per slot, centred on the hold (zero crossings in the
+    transitions), and pitch twice, so every held expression is seen from the left, the right,
+    above and below, as a capture operator would ask; the take loops seamlessly.
     """
 
-    def __init__(self, seed: int = 0, hold_s: float = 3.0, transition_s: float = 0.6,
+    def __init__(self, seed: int = 0, hold_s: float = 4.0, transition_s: float = 0.6,
                  distance_m: float = 0.46, max_yaw_deg: float = 40.0, max_pitch_deg: float = 20.0,
                  max_roll_deg: float = 6.0) -> None:
         rng = np.random.default_rng([seed, 0x5C21])
@@ -68,8 +69,12 @@ class Script:
         self.duration = len(order) * slot
         self.distance_m = distance_m
         self._amp = np.radians([max_yaw_deg, max_pitch_deg, max_roll_deg])
-        self._freq = np.array([3.0, 5.0, 2.0]) / self.duration
-        self._phase = rng.uniform(0, 2 * np.pi, size=4)
+        # Yaw and pitch locked to the slots (start of each sweep mid-transition); roll free.
+        self._freq = np.array([1.0 / slot, 2.0 / slot, 2.0 / self.duration])
+        self._phase = np.array([-np.pi * transition_s / slot, -2 * np.pi * transition_s / slot,
+                                *rng.uniform(0, 2 * np.pi, size=2)])
+        if rng.random() < 0.5:      # seed decides whether the head turns left or right first
+            self._amp = self._amp * np.array([-1.0, 1.0, 1.0])
         # Rotation centre in the head frame: mid-face, inside the head, so the face stays centred.
         self.pivot_m = np.array([0.0, 0.01, 0.02])
 

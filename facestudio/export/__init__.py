@@ -1,0 +1,1 @@
+"""Export stage: FaceStudio data written in formats other tools read (nerfstudio, meshes)."""
