@@ -39,6 +39,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_json_flag(p)
     p.set_defaults(func=run_restore)
 
+    p = lib.add_parser("delete-subject", parents=[common],
+                       help="remove a person: to the trash, or everything for good with --purge",
+                       description="Without --purge every take of the subject goes to the trash. "
+                                   "With --purge every file and catalog row of the subject is "
+                                   "deleted: takes, fused segments, trash entries and every trained "
+                                   "model whose training data included the subject.")
+    p.add_argument("subject")
+    p.add_argument("--purge", action="store_true", help="delete for good (cannot be undone)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_json_flag(p)
+    p.set_defaults(func=run_delete_subject)
+
     p = sub.add_parser("import", parents=[common],
                        help="import a Record3D .r3d file or a Stray Scanner folder as a take",
                        description="The format is detected: a .r3d file is Record3D, a folder "
@@ -84,6 +96,29 @@ def run_rebuild(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_delete(args: argparse.Namespace) -> dict[str, Any]:
     return _catalog(args).delete_take(args.subject, args.take)
+
+
+def run_delete_subject(args: argparse.Namespace) -> dict[str, Any]:
+    import sys
+
+    from facestudio.library.purge import plan_purge, purge_subject, trash_subject
+
+    catalog = _catalog(args)
+    if not args.purge:
+        return trash_subject(catalog, args.subject)
+    plan = plan_purge(catalog, args.subject)
+    paths = [p for paths in plan.values() for p in paths]
+    if not paths:
+        raise ValueError(f"nothing of subject {args.subject!r} is in {catalog.root}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError("refusing to purge without confirmation: add --yes")
+        print(f"This permanently deletes {len(paths)} folders of {args.subject!r}:", file=sys.stderr)
+        for p in paths:
+            print(f"  {p}", file=sys.stderr)
+        if input(f"Type the subject name ({args.subject}) to confirm: ").strip() != args.subject:
+            raise ValueError("not confirmed; nothing was deleted")
+    return purge_subject(catalog, args.subject)
 
 
 def run_trash(args: argparse.Namespace) -> dict[str, Any] | None:
