@@ -17,6 +17,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_json_flag(q)
     q.set_defaults(func=run_bench_capture)
 
+    q = group(sub, common, "bench").add_parser(
+        "reliability", parents=[common],
+        help="several devices recording at once (frames on disk / sent, RSS, main-thread stalls) "
+             "and a decoder fuzz run")
+    q.add_argument("--devices", type=int, default=4, help="virtual devices (default 4)")
+    q.add_argument("--seconds", type=float, default=60.0, help="recording length (default 60)")
+    q.add_argument("--fuzz-cases", type=int, default=20_000, help="mutated messages (default 20000)")
+    add_json_flag(q)
+    q.set_defaults(func=run_bench_reliability)
+
+
+def run_bench_reliability(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.bench.reliability import bench_reliability
+
+    return bench_reliability(devices=args.devices, seconds=args.seconds, fuzz_cases=args.fuzz_cases)
+
 
 def run_bench_capture(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.bench.capture import bench_capture
