@@ -1,0 +1,1 @@
+"""Stage 1 and shared model infrastructure: configs, autodecoder, renderer, runs."""
