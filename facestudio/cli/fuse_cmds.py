@@ -86,18 +86,19 @@ def _takes(args: argparse.Namespace) -> list[Path]:
 
 
 def run_fuse(args: argparse.Namespace) -> dict[str, Any]:
-    from facestudio.dataset.fuse import FusionConfig, fuse_take
+    from facestudio.dataset.fuse import FusionConfig
     from facestudio.dataset.segment import Segment
+    from facestudio.library.operations import fuse_into_library
 
     if args.voxel_mm <= 0 or args.view_size < 16:
         raise ValueError("--voxel-mm must be > 0 and --view-size at least 16")
     config = FusionConfig(voxel_mm=args.voxel_mm, view_size=args.view_size,
                           use_anchor_pose=not args.no_anchor_pose)
-    out_root = _library() / "datasets"
+    root = _library()
     results = []
     for take in _takes(args):
         t0 = time.perf_counter()
-        paths = fuse_take(take, out_root, config)
+        paths = fuse_into_library(root, take, config)
         segments = [Segment(p) for p in paths]
         results.append({"take": str(take), "seconds": round(time.perf_counter() - t0, 2),
                         "segments": [{"path": str(s.path), "label": s.info.label, "views": len(s),
@@ -228,13 +229,6 @@ def run_export_nerfstudio(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_export_mesh(args: argparse.Namespace) -> dict[str, Any]:
-    import open3d as o3d
+    from facestudio.export.mesh import export_segment_mesh
 
-    from facestudio.dataset.segment import Segment
-    from facestudio.export.mesh import write_mesh
-
-    seg = Segment(_segment(args.segment))
-    mesh = o3d.io.read_triangle_mesh(str(seg.mesh_path))
-    path = write_mesh(mesh, args.out)
-    return {"segment": seg.name, "out": str(path), "vertices": len(mesh.vertices),
-            "triangles": len(mesh.triangles)}
+    return export_segment_mesh(_segment(args.segment), args.out)

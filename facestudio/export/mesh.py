@@ -52,3 +52,14 @@ def _write_glb(mesh: o3d.geometry.TriangleMesh, path: Path) -> None:
     tm = trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), vertex_colors=colors,
                          process=False)
     path.write_bytes(tm.export(file_type="glb"))
+
+
+def export_segment_mesh(segment_path: str | Path, out: str | Path) -> dict[str, object]:
+    """Write a fused segment's mesh to ``out`` (`facestudio export mesh` and the Library panel)."""
+    from facestudio.dataset.segment import Segment
+
+    segment = Segment(Path(segment_path))
+    mesh = o3d.io.read_triangle_mesh(str(segment.mesh_path))
+    written = write_mesh(mesh, out)
+    return {"segment": segment.name, "out": str(written), "vertices": len(mesh.vertices),
+            "triangles": len(mesh.triangles)}

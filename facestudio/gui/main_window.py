@@ -13,9 +13,10 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMainWindow,
-                               QSplitter, QStackedWidget, QWidget)
+                               QProgressBar, QSplitter, QStackedWidget, QWidget)
 
 from facestudio.gui.capture_panel import CapturePanel, SourceFactory
+from facestudio.gui.library_panel import LibraryPanel
 from facestudio.gui.pages import PlannedPage
 from facestudio.gui.viewport import Viewport
 from facestudio.gui.workers import Job, Jobs
@@ -38,6 +39,8 @@ class MainWindow(QMainWindow):
         self.viewport = Viewport()
         self.capture = CapturePanel(library, self.jobs, self.viewport, interfaces=interfaces,
                                     virtual_source=virtual_source)
+        self.library_panel = LibraryPanel(library, self.jobs, self.viewport)
+        panels = {"Capture": self.capture, "Library": self.library_panel}
 
         self.nav = QListWidget()
         self.nav.setObjectName("nav")
@@ -47,7 +50,7 @@ class MainWindow(QMainWindow):
         self.pages.setObjectName("pages")
         for name in STEPS:
             self.nav.addItem(QListWidgetItem(name))
-            self.pages.addWidget(self.capture if name == "Capture" else PlannedPage(name, library))
+            self.pages.addWidget(panels.get(name) or PlannedPage(name, library))
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.nav.setCurrentRow(0)
 
@@ -69,11 +72,19 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("No device")
         self.compute_label = QLabel("Compute: …")
         self.jobs_label = QLabel("No background jobs")
-        for label in (self.device_label, self.compute_label, self.jobs_label):
-            self.statusBar().addPermanentWidget(label)
+        self.job_progress = QProgressBar()
+        self.job_progress.setObjectName("statusProgress")
+        self.job_progress.setRange(0, 100)
+        self.job_progress.setFixedWidth(140)
+        self.job_progress.hide()
+        for widget in (self.device_label, self.compute_label, self.jobs_label, self.job_progress):
+            self.statusBar().addPermanentWidget(widget)
         self.statusBar().showMessage(f"Library: {library}")
         self.capture.device_changed.connect(self._device_changed)
         self.jobs.changed.connect(self._jobs_changed)
+        self.library_panel.fuse_progress.connect(self._fuse_progress)
+        self.library_panel.notice.connect(lambda text: self.statusBar().showMessage(text, 10_000))
+        self.library_panel.capture_requested.connect(lambda: self.show_step("Capture"))
 
     def show_step(self, name: str) -> None:
         self.nav.setCurrentRow(STEPS.index(name))
@@ -108,11 +119,17 @@ class MainWindow(QMainWindow):
     def _jobs_changed(self, names: list[str]) -> None:
         self.jobs_label.setText(f"Jobs: {', '.join(names)}" if names else "No background jobs")
 
+    def _fuse_progress(self, percent: int) -> None:
+        """The running fusion's progress next to the job list (-1: none runs)."""
+        self.job_progress.setVisible(percent >= 0)
+        self.job_progress.setValue(max(percent, 0))
+
     # ------------------------------------------------------------------ shutdown
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         """Finish takes, close streams and devices, then VTK (it crashes at exit otherwise)."""
         self.jobs.shutdown()
         self.capture.shutdown()
+        self.library_panel.shutdown()
         self.viewport.close_plotter()
         super().closeEvent(event)
 

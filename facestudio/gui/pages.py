@@ -1,4 +1,4 @@
-"""Library, Train and Generate: honest placeholders until those stages exist in the core.
+"""Train and Generate: honest placeholders until those stages exist in the core.
 
 Each page says what the step will do and what it needs, instead of showing controls that
 do nothing.
@@ -12,14 +12,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 PLANNED = {
-    "Library": (
-        "Takes organised by subject and expression.",
-        ["Fuse each take (face masks, head-pose canonicalisation, TSDF fusion) into a colored "
-         "mesh and training views.",
-         "Inspect any take in the 3D viewport.",
-         "Import Record3D (.r3d) files and Stray Scanner folders.",
-         "Export a take in nerfstudio's transforms.json layout."],
-    ),
     "Train": (
         "Train the autodecoder, then the latent diffusion model, in the background.",
         ["Progress, ETA, live loss curves and preview renders.",

@@ -3,11 +3,18 @@
 ``QWidget.grab()`` does not capture the VTK render window (it is drawn by OpenGL, outside
 Qt's backing store, and comes out black or stale), so the viewport's own rendering is
 painted over its place in the grab.
+
+The Library is shown with real content: the screenshot waits for the panel's background
+read of the library, then shows a fused segment (mesh in the viewport, quality report) and,
+in a second picture, a take.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import time
+from collections.abc import Callable
 
 from PySide6.QtCore import QPoint
 from PySide6.QtGui import QPainter, QPixmap
@@ -33,17 +40,44 @@ def grab_window(window: MainWindow) -> QPixmap:
     return pixmap
 
 
+def _wait(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Run the event loop until ``condition`` holds (background jobs deliver through it)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def _library_views(window: MainWindow) -> list[tuple[str, Callable[[], None]]]:
+    """(file suffix, how to get there): a fused segment first, then a take, when there are."""
+    panel = window.library_panel
+    _wait(lambda: panel.listing is not None and not panel.is_scanning())
+    listing = panel.listing or {"segments": [], "takes": []}
+    views: list[tuple[str, Callable[[], None]]] = []
+    if listing["segments"]:
+        views.append(("", lambda: panel.select(listing["segments"][0]["path"])))
+    if listing["takes"]:
+        views.append(("-take" if views else "", lambda: panel.select(listing["takes"][0]["path"])))
+    return views or [("", lambda: None)]
+
+
 def save_screenshots(window: MainWindow, out_dir: str | Path) -> list[Path]:
-    """One PNG per workflow step (``01-capture.png`` ...); returns the paths written."""
+    """One PNG per workflow step (``01-capture.png`` ...); returns the paths written.
+
+    The Library gets ``02-library.png`` (a segment) and ``02-library-take.png`` (a take).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     current = window.nav.currentRow()
     paths = []
     for n, step in enumerate(STEPS, 1):
         window.show_step(step)
-        path = out / f"{n:02d}-{step.lower()}.png"
-        if not grab_window(window).save(str(path)):
-            raise OSError(f"could not write {path}")
-        paths.append(path)
+        views = _library_views(window) if step == "Library" else [("", lambda: None)]
+        for suffix, select in views:
+            select()
+            path = out / f"{n:02d}-{step.lower()}{suffix}.png"
+            if not grab_window(window).save(str(path)):
+                raise OSError(f"could not write {path}")
+            paths.append(path)
     window.nav.setCurrentRow(current)
     return paths
