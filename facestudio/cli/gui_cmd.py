@@ -15,6 +15,9 @@ def _add_gui_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--virtual-device", action="store_true",
                    help="start the built-in virtual device (no iPad needed)")
     p.add_argument("--face-model", metavar="PATH", help="ICT face model for the virtual device")
+    p.add_argument("--screenshots", metavar="DIR",
+                   help="save a screenshot of every panel with real content to DIR and exit "
+                        "(without --library a temporary library is filled first)")
 
 
 def add_top_level_options(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +26,12 @@ def add_top_level_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "screenshots", None):
+        from facestudio.gui.tour import run_screenshot_tour
+
+        paths = run_screenshot_tour(args.screenshots, args.library, args.face_model)
+        print("\n".join(str(p) for p in paths))
+        return 0
     from facestudio.gui.app import run_app
 
     return run_app(library=args.library, virtual_device=getattr(args, "virtual_device", False),

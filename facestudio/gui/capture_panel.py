@@ -351,6 +351,10 @@ class CapturePanel(QWidget):
         if not (len(pin) == 6 and pin.isdigit()):
             QMessageBox.warning(self, "Invalid PIN", "The PIN is the 6 digits the device shows.")
             return
+        self.connect_with_pin(device, pin)
+
+    def connect_with_pin(self, device: DiscoveredDevice, pin: str) -> None:
+        """Pair and start the live preview in the background (the PIN dialog's second half)."""
         if self._client is not None:
             self.close_connection(None)
 
@@ -432,6 +436,8 @@ class CapturePanel(QWidget):
             self.close_connection(client.error or "the device stopped streaming")
             return
         frame = self._preview.take()
+        if not self.isVisible():         # another panel owns the viewport; save the CPU
+            return
         now = time.monotonic()
         if now - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = now

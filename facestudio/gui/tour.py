@@ -1,0 +1,63 @@
+"""`facestudio gui --screenshots DIR`: drive the real app through every panel and save PNGs.
+
+Without a library it builds a temporary one the way a new user would: synthetic takes
+from the virtual device's renderer (fused into segments) and a live virtual device paired
+with its PIN, so every panel shows real content.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from PySide6.QtWidgets import QApplication
+
+from facestudio.gui.app import apply_look
+from facestudio.gui.main_window import MainWindow
+from facestudio.gui.screenshots import _wait, save_screenshots
+from facestudio.paths import face_model_for
+
+
+def _fill_library(root: Path, face_model: str | None) -> None:
+    from facestudio.dataset.evaluate import record_synthetic_take
+    from facestudio.library.operations import fuse_into_library
+
+    take = record_synthetic_take(root / "takes" / "ana" / "expressions-01", 120, 12,
+                                 face_model=face_model, seed=1, subject="ana", take="expressions-01")
+    fuse_into_library(root, take)
+    record_synthetic_take(root / "takes" / "ben" / "neutral-01", 48, 12, face_model=face_model,
+                          seed=2, subject="ben", take="neutral-01")
+
+
+def run_screenshot_tour(out_dir: str | Path, library: str | None = None,
+                        face_model: str | None = None) -> list[Path]:
+    with tempfile.TemporaryDirectory(prefix="facestudio-tour-") as tmp:
+        root = Path(library) if library else Path(tmp)
+        face_model = face_model_for(root, face_model)
+        if library is None:
+            _fill_library(root, face_model)
+        app = QApplication.instance() or QApplication([])
+        apply_look(app)
+        window = MainWindow(root, interfaces=["127.0.0.1"],
+                            virtual_source=_source(face_model))
+        window.resize(1600, 1000)
+        window.show()
+        try:
+            _wait(lambda: window.viewport.plotter is not None)
+            capture = window.capture
+            capture.add_virtual_device()
+            _wait(lambda: bool(capture._virtual) and bool(capture._devices))
+            device = next(iter(capture._virtual.values()))
+            listed = next(d for d in capture._devices if d.device_id == device.info.device_id)
+            capture.connect_with_pin(listed, device.pin)
+            _wait(lambda: capture._client is not None and capture._client.stats.frames > 20)
+            _wait(lambda: False, timeout_s=1.0)      # let the previews and point cloud update
+            return save_screenshots(window, out_dir)
+        finally:
+            window.close()
+
+
+def _source(face_model: str | None):
+    from facestudio.gui.capture_panel import synthetic_source
+
+    return synthetic_source(face_model)
