@@ -1,0 +1,236 @@
+"""A training run on disk, shared by every trainer (autodecoder now, diffusion later).
+
+    RUN/
+        config.toml              the full typed config, written when the run starts
+        metrics.jsonl            one JSON object per logged step / evaluation, appended
+        checkpoints/latest       name of the newest complete checkpoint (replaced atomically)
+        checkpoints/step_NNNNNNNN/
+            model.safetensors    model weights
+            state.safetensors    optimizer tensors + torch RNG state
+            meta.json            step, optimizer scalars/param groups, numpy/python RNG, extras
+
+A checkpoint folder is written under a temporary name and renamed when complete, and
+``latest`` changes only after that, so a crash at any point leaves the previous checkpoint
+usable. Everything that influences the next step (weights, Adam moments, every RNG the
+trainer draws from) is saved, so a resumed run continues bit-for-bit like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from facestudio.models.config import save_config
+
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    model: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Run:
+    """One run folder: config, metrics log and atomic checkpoints."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: Path, config: Any) -> "Run":
+        path = Path(path)
+        if (path / CONFIG_FILE).exists():
+            raise ValueError(f"{path} already holds a run; resume it or choose another folder")
+        (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        _atomic_write(path / CONFIG_FILE, lambda tmp: save_config(config, tmp))
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> "Run":
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise ValueError(f"{path} is not a training run (no {CONFIG_FILE})")
+        return cls(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    # ------------------------------------------------------------------ metrics
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record (a line); each line is flushed so a crash loses at most that line."""
+        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}, allow_nan=False) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:   # a line cut by a crash
+                continue
+        return out
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop records after ``step`` (written after the checkpoint a resume starts from)."""
+        kept = [r for r in self.metrics() if r.get("step", 0) <= step]
+        _atomic_write(self.path / METRICS_FILE, lambda tmp: tmp.write_text(
+            "".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8"))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, ckpt: Checkpoint, keep: int = 2) -> Path:
+        root = self.path / CHECKPOINTS
+        root.mkdir(exist_ok=True)
+        name = f"step_{ckpt.step:08d}"
+        tmp = root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in ckpt.model.items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in ckpt.state.items()}, str(tmp / "state.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps({"step": ckpt.step, **ckpt.meta}), encoding="utf-8")
+        for f in tmp.iterdir():
+            _fsync(f)
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write(root / LATEST, lambda t: t.write_text(name, encoding="utf-8"))
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.path / CHECKPOINTS / LATEST
+        if not pointer.exists():
+            return None
+        path = self.path / CHECKPOINTS / pointer.read_text(encoding="utf-8").strip()
+        return path if (path / "meta.json").exists() else None
+
+    def load_checkpoint(self, path: Path | None = None, device: str = "cpu") -> Checkpoint:
+        path = path or self.latest_checkpoint()
+        if path is None:
+            raise ValueError(f"{self.path} has no checkpoint yet")
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        return Checkpoint(int(meta.pop("step")), load_file(str(path / "model.safetensors"), device=device),
+                          load_file(str(path / "state.safetensors")), meta)
+
+
+# ---------------------------------------------------------------------- optimizer and RNG state
+
+def optimizer_to_checkpoint(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (safetensors) and JSON-able scalars."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_checkpoint(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                              meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def capture_rng(generator: np.random.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every RNG a trainer may draw from: torch (CPU and CUDA), numpy global, python, and its own."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    meta = {"numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "python": _listify(random.getstate()),
+            "generator": generator.bit_generator.state if generator is not None else None}
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                generator: np.random.Generator | None = None) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if generator is not None and meta.get("generator") is not None:
+        generator.bit_generator.state = meta["generator"]
+
+
+def _listify(value: Any) -> Any:
+    return [_listify(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+# ---------------------------------------------------------------------- progress
+
+class Progress:
+    """Steps/s and ETA from an exponential moving average of step times (robust to a slow first step)."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, smoothing: float = 0.1) -> None:
+        self.total, self.start = total_steps, start_step
+        self.smoothing = smoothing
+        self.started = self._last = time.monotonic()
+        self.step_time: float | None = None
+
+    def update(self, step: int) -> dict[str, Any]:
+        now = time.monotonic()
+        dt, self._last = now - self._last, now
+        self.step_time = dt if self.step_time is None else (1 - self.smoothing) * self.step_time + self.smoothing * dt
+        remaining = max(self.total - step, 0)
+        return {"step": step, "total_steps": self.total, "elapsed_s": round(now - self.started, 2),
+                "steps_per_s": round(1.0 / max(self.step_time, 1e-9), 3),
+                "eta_s": round(remaining * self.step_time, 1)}
+
+
+def format_progress(p: dict[str, Any]) -> str:
+    eta = int(p["eta_s"])
+    loss = f"  loss {p['loss']:.4f}" if "loss" in p else ""
+    return (f"step {p['step']}/{p['total_steps']}{loss}  {p['steps_per_s']:.2f} steps/s  "
+            f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    _fsync(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,292 @@
+"""Training the autodecoder on fused segments, resumable to the exact step.
+
+Each step draws ``objects_per_batch`` segments and ``views_per_object`` of their views (4 in the
+paper), decodes every drawn object's embedding to its grid, renders full views and takes the
+losses of :mod:`facestudio.models.losses`. Embeddings and decoder train jointly (autodecoding,
+no encoder). After training, G1 maps every embedding to its latent volume and the robust
+per-channel statistics (median, IQR) that stage 2 normalises with are stored in the run.
+
+    RUN/segments.json           the training segments, in embedding order
+    RUN/latent_stats.safetensors  median, iqr (C,) over all training latents
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from facestudio.dataset.segment import Segment
+from facestudio.models.autodecoder import Autodecoder
+from facestudio.models.config import AutodecoderConfig, load_config
+from facestudio.models.losses import AutodecoderLoss
+from facestudio.models.render import Box, make_rays, render_rays
+from facestudio.models.runs import (Checkpoint, Progress, Run, capture_rng, optimizer_from_checkpoint,
+                                    optimizer_to_checkpoint, restore_rng)
+
+log = logging.getLogger(__name__)
+
+SEGMENTS_FILE = "segments.json"
+LATENT_STATS_FILE = "latent_stats.safetensors"
+
+
+@dataclass
+class ObjectViews:
+    """One segment's views at training resolution, as tensors (targets composited over the background)."""
+
+    name: str
+    rgb: torch.Tensor        # (V, H, W, 3) float in [0, 1]
+    mask: torch.Tensor       # (V, H, W) bool
+    depth: torch.Tensor      # (V, H, W) float metres, 0 = invalid
+    K: torch.Tensor          # (V, 3, 3)
+    cam_to_head: torch.Tensor  # (V, 4, 4)
+    box: Box
+
+
+def load_views(path: Path, size: int, background: list[float]) -> ObjectViews:
+    """Read a segment and resize its views to ``size`` x ``size`` (intrinsics scaled to match)."""
+    seg = Segment(path)
+    data = seg.load_all()
+    n, h, w = data["masks"].shape
+    sx, sy = size / w, size / h
+    rgb = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in data["colors"]])
+    mask = np.stack([cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) > 0.5
+                     for m in data["masks"]])
+    depth = np.stack([cv2.resize(d, (size, size), interpolation=cv2.INTER_NEAREST) for d in data["depths"]])
+    K = data["K"].copy()
+    K[:, 0, 0] *= sx
+    K[:, 1, 1] *= sy
+    K[:, 0, 2] = (K[:, 0, 2] + 0.5) * sx - 0.5
+    K[:, 1, 2] = (K[:, 1, 2] + 0.5) * sy - 0.5
+    bg = np.asarray(background, dtype=np.float32)
+    rgb_f = np.where(mask[..., None], rgb.astype(np.float32) / 255.0, bg)
+    return ObjectViews(seg.name, torch.from_numpy(rgb_f), torch.from_numpy(mask),
+                       torch.from_numpy(depth.astype(np.float32)), torch.from_numpy(K).float(),
+                       torch.from_numpy(data["cam_to_head"]).float(),
+                       Box(tuple(seg.info.box_center), seg.info.box_size))
+
+
+def render_views(model_grid: torch.Tensor, K: torch.Tensor, cam_to_head: torch.Tensor, size: int,
+                 box: Box, samples: int, stratified: bool, background: list[float]) -> dict[str, torch.Tensor]:
+    """Render ``V`` views of each of ``B`` grids: K (B, V, 3, 3), cam_to_head (B, V, 4, 4).
+
+    Returns rgb (B*V, H, W, 3), depth and opacity (B*V, H, W).
+    """
+    b, v = K.shape[:2]
+    origins, dirs = make_rays(K.reshape(-1, 3, 3), cam_to_head.reshape(-1, 4, 4), size, size)
+    origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
+    bg = torch.tensor(background, dtype=model_grid.dtype, device=model_grid.device)
+    out = render_rays(model_grid, origins.to(model_grid), dirs.to(model_grid), box, samples, stratified, bg)
+    return {"rgb": out["rgb"].reshape(b * v, size, size, 3), "depth": out["depth"].reshape(b * v, size, size),
+            "opacity": out["opacity"].reshape(b * v, size, size)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, mps)")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to this torch build")
+    return torch.device(name)
+
+
+def set_threads(num_threads: int) -> int:
+    """0 = every core (the CLI); the GUI passes cores - 1 so its thread stays responsive (REFERENCE.md sec. 5)."""
+    n = num_threads or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+class Batcher:
+    """Draws (object, view) batches from its own numpy generator, whose state is checkpointed."""
+
+    def __init__(self, objects: list[ObjectViews], objects_per_batch: int, views_per_object: int,
+                 seed: int) -> None:
+        self.objects = objects
+        self.b = min(objects_per_batch, len(objects))
+        self.v = views_per_object
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        idx = self.rng.choice(len(self.objects), size=self.b, replace=False)
+        views = [self.rng.choice(len(self.objects[i].mask), size=self.v, replace=len(self.objects[i].mask) < self.v)
+                 for i in idx]
+        return idx, views
+
+
+def training_step(model: Autodecoder, loss_fn: AutodecoderLoss, objects: list[ObjectViews], idx: np.ndarray,
+                  views: list[np.ndarray], cfg: AutodecoderConfig, device: torch.device
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch (forward only; the caller steps the optimizer)."""
+    pick = lambda attr: torch.stack([getattr(objects[i], attr)[torch.from_numpy(v)] for i, v in zip(idx, views)])  # noqa: E731
+    grids = model(torch.from_numpy(idx).to(device))
+    box = objects[int(idx[0])].box
+    out = render_views(grids, pick("K").to(device), pick("cam_to_head").to(device), cfg.render.image_size, box,
+                       cfg.render.samples_per_ray, True, cfg.render.background)
+    flat = lambda t: t.reshape(-1, *t.shape[2:]).to(device)  # noqa: E731
+    return loss_fn(out, flat(pick("rgb")), flat(pick("mask")), flat(pick("depth")), box.size)
+
+
+def train_autodecoder(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig | None = None,
+                      device: str = "auto", max_steps: int | None = None, resume: bool = False,
+                      progress_cb: Callable[[dict[str, Any]], None] | None = None,
+                      stop_event: threading.Event | None = None) -> dict[str, Any]:
+    """Train (or resume) a run in ``run_dir``; returns a summary dict.
+
+    On resume the run's own config.toml and segment list are used (``config``/``segments`` must be
+    None or the same). ``stop_event`` ends the run cleanly after the current step, with a checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        run = Run.open(run_dir)
+        config = load_config(run.config_path)
+        names = json.loads((run_dir / SEGMENTS_FILE).read_text(encoding="utf-8"))
+        paths = [Path(p) for p in names["paths"]]
+        if segments is not None and [str(p) for p in segments] != [str(p) for p in paths]:
+            raise ValueError("--resume: the run was trained on other segments; resume without --segments")
+    else:
+        if not segments:
+            raise ValueError("no segments to train on (fuse takes first, or pass --segments DIR)")
+        config = (config or load_config("tiny")).validate()
+        paths = [Path(p) for p in segments]
+        run = Run.create(run_dir, config)
+    assert config is not None
+    dev = resolve_device(device)
+    threads = set_threads(config.train.num_threads)
+    tc = config.train
+    objects = [load_views(p, config.render.image_size, config.render.background) for p in paths]
+    boxes = {o.box for o in objects}
+    if len(boxes) > 1:   # one decoder, one grid: every object must live in the same box
+        raise ValueError(f"segments use different head boxes {sorted(map(str, boxes))}; re-fuse them alike")
+    if not resume:
+        (run_dir / SEGMENTS_FILE).write_text(json.dumps(
+            {"paths": [str(p) for p in paths], "names": [o.name for o in objects]}, indent=1), encoding="utf-8")
+    torch.manual_seed(tc.seed)
+    model = Autodecoder(config.model, len(objects)).to(dev)
+    optimizer = torch.optim.Adam([{"params": model.decoder_parameters(), "lr": tc.lr},
+                                  {"params": model.embeddings.parameters(), "lr": tc.embedding_lr}],
+                                 betas=(tc.betas[0], tc.betas[1]))
+    loss_fn = AutodecoderLoss(config.loss).to(dev)
+    batcher = Batcher(objects, tc.objects_per_batch, tc.views_per_object, tc.seed)
+    step = 0
+    if resume:
+        ckpt = run.load_checkpoint(device=str(dev))
+        model.load_state_dict(ckpt.model)
+        optimizer_from_checkpoint(optimizer, ckpt.state, ckpt.meta["optimizer"])
+        restore_rng(ckpt.state, ckpt.meta["rng"], batcher.rng)
+        step = ckpt.step
+        run.truncate_metrics(step)
+    total = max_steps if max_steps is not None else tc.max_steps
+    log.info("autodecoder: %d segments, %s, %d threads, steps %d -> %d, run %s",
+             len(objects), dev, threads, step, total, run_dir)
+    progress = Progress(total, step)
+    started, last_saved, stopped = time.monotonic(), step, False
+    loss_value = float("nan")
+    model.train()
+    while step < total:
+        if stop_event is not None and stop_event.is_set():
+            stopped = True
+            break
+        idx, views = batcher.draw()
+        loss, terms = training_step(model, loss_fn, objects, idx, views, config, dev)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_value = float(loss.detach())
+        info = {**progress.update(step), "loss": loss_value, **terms}
+        if step % tc.log_every == 0 or step == total:
+            run.log({"kind": "train", **info})
+        if progress_cb is not None:
+            progress_cb(info)
+        if step % tc.checkpoint_every == 0:
+            save_checkpoint(run, model, optimizer, batcher, step, tc.keep_checkpoints)
+            last_saved = step
+    if step != last_saved or run.latest_checkpoint() is None:
+        save_checkpoint(run, model, optimizer, batcher, step, tc.keep_checkpoints)
+    stats = compute_latent_stats(model, dev)
+    save_file(stats, str(run_dir / LATENT_STATS_FILE))
+    summary = {"run": str(run_dir), "step": step, "stopped_early": stopped, "loss": loss_value,
+               "segments": len(objects), "device": str(dev), "threads": threads,
+               "perceptual_loss": "on" if loss_fn.vgg is not None else "off (no VGG-19 weights file)",
+               "seconds": round(time.monotonic() - started, 1),
+               "latent_shape": [config.model.latent_channels] + [config.model.latent_resolution] * 3,
+               "latent_median_mean": float(stats["median"].mean()), "latent_iqr_mean": float(stats["iqr"].mean())}
+    run.log({"kind": "summary", **summary})
+    return summary
+
+
+def save_checkpoint(run: Run, model: Autodecoder, optimizer: torch.optim.Optimizer, batcher: Batcher,
+                    step: int, keep: int) -> Path:
+    opt_tensors, opt_meta = optimizer_to_checkpoint(optimizer)
+    rng_tensors, rng_meta = capture_rng(batcher.rng)
+    return run.save_checkpoint(Checkpoint(step, model.state_dict(), {**opt_tensors, **rng_tensors},
+                                          {"optimizer": opt_meta, "rng": rng_meta}), keep)
+
+
+@torch.no_grad()
+def compute_latent_stats(model: Autodecoder, device: torch.device, chunk: int = 16) -> dict[str, torch.Tensor]:
+    """Per-channel median and IQR of G1(embeddings) over objects and voxels (3DVADER sec. 3.2).
+
+    The paper normalises latents as (F - median) / IQR before diffusion: mean/std normalisation
+    made diffusion diverge on its data, because a few voxels carry extreme values.
+    """
+    was_training = model.training
+    model.eval()
+    n = model.embeddings.num_embeddings
+    latents = torch.cat([model.g1(model.embeddings.weight[i:i + chunk].to(device)).cpu()
+                         for i in range(0, n, chunk)])
+    model.train(was_training)
+    flat = latents.transpose(0, 1).reshape(latents.shape[1], -1)
+    q = torch.quantile(flat, torch.tensor([0.25, 0.5, 0.75]), dim=1)
+    return {"median": q[1].contiguous(), "iqr": (q[2] - q[0]).clamp_min(1e-8).contiguous()}
+
+
+@dataclass
+class TrainedAutodecoder:
+    """A run's newest weights, config and segment list, ready for inference."""
+
+    run_dir: Path
+    config: AutodecoderConfig
+    model: Autodecoder
+    segment_paths: list[Path]
+    segment_names: list[str]
+    step: int
+
+    def latent_stats(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.run_dir / LATENT_STATS_FILE))
+
+    def index_of(self, segment: Path | str) -> int | None:
+        """Embedding index of a training segment given by path or name, else None."""
+        key = str(segment)
+        for i, (p, name) in enumerate(zip(self.segment_paths, self.segment_names)):
+            if key == name or (Path(key).exists() and Path(key).resolve() == p.resolve()):
+                return i
+        return None
+
+
+def load_trained(run_dir: Path, device: str = "cpu") -> TrainedAutodecoder:
+    run = Run.open(Path(run_dir))
+    config = load_config(run.config_path)
+    seg = json.loads((run.path / SEGMENTS_FILE).read_text(encoding="utf-8"))
+    ckpt = run.load_checkpoint(device=device)
+    model = Autodecoder(config.model, len(seg["paths"])).to(device)
+    model.load_state_dict(ckpt.model)
+    model.eval()
+    return TrainedAutodecoder(run.path, config, model, [Path(p) for p in seg["paths"]], seg["names"], ckpt.step)

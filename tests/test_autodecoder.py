@@ -1,0 +1,246 @@
+"""Stage 1: renderer against closed form, gradients, overfitting, exact resume, shapes, configs, meshes."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facestudio.models.autodecoder import Autodecoder
+from facestudio.models.config import (AutodecoderConfig, ModelConfig, RenderConfig, TrainConfig, config_from_toml,
+                                      load_config, paper, save_config, tiny)
+from facestudio.models.mesh import grid_to_mesh
+from facestudio.models.render import Box, make_rays, render_rays
+
+
+def small_config(**train: object) -> AutodecoderConfig:
+    """Smaller than `tiny`, so each test step takes milliseconds."""
+    return AutodecoderConfig(
+        preset="test", model=ModelConfig(embedding_dim=16, channels=[32, 16, 16, 8], attention_resolutions=[8]),
+        render=RenderConfig(image_size=32, samples_per_ray=24),
+        train=replace(TrainConfig(objects_per_batch=2, views_per_object=2, log_every=1, checkpoint_every=1000),
+                      **train)).validate()
+
+
+@pytest.fixture(scope="module")
+def segments(tmp_path_factory) -> list[Path]:
+    from facestudio.models.synthetic_segments import make_synthetic_segments
+
+    root = tmp_path_factory.mktemp("segments")
+    made = make_synthetic_segments(root / "train", 2, None, root / "heldout", views=8, heldout_views=2,
+                                   image_size=64)
+    return [s.train for s in made]
+
+
+# ---------------------------------------------------------------------- renderer
+
+def _camera_rays(dx: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ray from (0, 0, 2) with camera-frame direction (dx, 0, -1), via make_rays."""
+    K = torch.tensor([[[1.0, 0.0, -dx], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)[None].clone()
+    pose[0, 2, 3] = 2.0
+    return make_rays(K, pose, 1, 1)
+
+
+@pytest.mark.parametrize("sigma,dx", [(1.0, 0.0), (3.0, 0.0), (2.0, 0.15)])
+def test_renderer_matches_closed_form_for_a_constant_density_slab(sigma, dx):
+    # The unit box around the origin filled with constant sigma: a slab of thickness 1 along z.
+    box = Box((0.0, 0.0, 0.0), 1.0)
+    grid = torch.zeros(1, 4, 5, 5, 5, dtype=torch.float64)
+    grid[:, 0] = sigma
+    origins, dirs = _camera_rays(dx)
+    out = render_rays(grid, origins, dirs, box, samples=512, stratified=False, sigma_fn=lambda raw: raw)
+    length = math.sqrt(1 + dx * dx)            # metric path length through the slab
+    assert out["opacity"].item() == pytest.approx(1 - math.exp(-sigma * length), rel=1e-4)
+    # Expected ray parameter given absorption: near + E[s | s < L] in t units (|dir| = length).
+    a = sigma * length                          # optical thickness in t units of length 1
+    expected = 1.5 + 1 / a - math.exp(-a) / (1 - math.exp(-a))
+    assert out["depth"].item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_rays_missing_the_box_are_transparent_and_show_the_background():
+    box = Box((0.0, 0.0, 0.0), 1.0)
+    grid = torch.full((1, 4, 4, 4, 4), 5.0, dtype=torch.float64)
+    origins, dirs = _camera_rays(1.0)          # 45 degrees: passes beside the box
+    bg = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
+    out = render_rays(grid, origins, dirs, box, 16, False, bg, sigma_fn=lambda raw: raw)
+    assert out["opacity"].item() == 0.0
+    assert torch.allclose(out["rgb"][0, 0], bg)
+
+
+# ---------------------------------------------------------------------- model
+
+def test_gradients_reach_the_embedding():
+    cfg = small_config()
+    model = Autodecoder(cfg.model, 3)
+    grid = model(torch.tensor([1]))
+    K = torch.tensor([[[20.0, 0, 7.5], [0, 20.0, 7.5], [0, 0, 1]]])
+    pose = torch.eye(4)[None].clone()
+    pose[0, :3, 3] = torch.tensor([0.0, 0.01, 0.5])
+    origins, dirs = make_rays(K, pose, 16, 16)
+    out = render_rays(grid, origins, dirs, Box((0.0, 0.01, 0.03), 0.26), 16, True)
+    (out["rgb"].mean() + out["opacity"].mean()).backward()
+    grad = model.embeddings.weight.grad
+    assert grad[1].abs().sum() > 0 and grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0
+
+
+def test_g1_g2_shapes_tiny():
+    cfg = tiny().model
+    model = Autodecoder(cfg, 2)
+    latent = model.g1(model.embeddings.weight)
+    assert latent.shape == (2, cfg.latent_channels, 8, 8, 8) and cfg.latent_channels in range(32, 65)
+    assert model.g2(latent).shape == (2, 4, 32, 32, 32)
+
+
+def test_g1_g2_shapes_paper_on_the_meta_device():
+    cfg = paper().model
+    with torch.device("meta"):
+        model = Autodecoder(cfg, 2)
+        latent = model.g1(model.embeddings.weight)
+        grid = model.g2(latent)
+    assert cfg.embedding_dim == 1024 and model.g1.fc.in_features == 1024
+    assert latent.shape == (2, 256, 8, 8, 8)
+    assert grid.shape == (2, 4, 64, 64, 64)
+
+
+# ---------------------------------------------------------------------- config
+
+def test_config_toml_round_trip(tmp_path):
+    for cfg in (tiny(), paper()):
+        save_config(cfg, tmp_path / "c.toml")
+        assert load_config(tmp_path / "c.toml") == cfg
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[model]\nchanels = [1, 2]\n", "model.chanels: unknown key"),
+    ("[train]\nlr = 'fast'\n", "train.lr: expected float"),
+    ("[model]\nlatent_resolution = 6\n", "model.latent_resolution"),
+    ("[bogus]\n", "bogus: unknown key"),
+])
+def test_bad_config_names_the_key(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        config_from_toml(text, AutodecoderConfig)
+
+
+# ---------------------------------------------------------------------- meshes
+
+def test_marching_cubes_on_a_sphere_gives_its_radius_and_outward_normals():
+    box = Box((0.0, 0.01, 0.03), 0.26)
+    r = 33
+    lin = torch.linspace(-0.13, 0.13, r)
+    z, y, x = torch.meshgrid(lin, lin, lin, indexing="ij")
+    dist = torch.sqrt(x * x + y * y + z * z)
+    raw = torch.zeros(4, r, r, r)
+    raw[0] = (0.08 - dist) * 300            # softplus(0) = ln 2: voxel opacity 0.5 at r = 8 cm
+    verts, tris, colors = grid_to_mesh(raw, box, 0.5)
+    radius = np.linalg.norm(verts - np.asarray(box.center), axis=1)
+    assert abs(radius.mean() - 0.08) < 0.001
+    tri = verts[tris]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    outward = (normals * (tri.mean(axis=1) - np.asarray(box.center))).sum(axis=1)
+    assert (outward > 0).mean() > 0.99
+    assert colors.shape == verts.shape and colors.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------- training
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r.get("kind") == "train"}
+
+
+def test_short_overfit_of_one_object_cuts_the_loss(segments, tmp_path):
+    from facestudio.models.train_autodecoder import train_autodecoder
+
+    cfg = small_config(objects_per_batch=1, views_per_object=4, embedding_lr=1e-2, lr=2e-3, betas=[0.9, 0.999])
+    cfg.model.channels = [32, 16, 16]          # a 16^3 grid: more steps per second
+    train_autodecoder(segments[:1], tmp_path / "run", cfg, "cpu", 150)
+    losses = _losses(tmp_path / "run")
+    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(146, 151)])
+    assert last < first / 4, (first, last)
+    assert (tmp_path / "run" / "latent_stats.safetensors").exists()
+
+
+def test_resume_gives_the_same_next_step_loss(segments, tmp_path):
+    from facestudio.models.train_autodecoder import train_autodecoder
+
+    cfg = small_config()
+    train_autodecoder(segments, tmp_path / "straight", cfg, "cpu", 5)
+    train_autodecoder(segments, tmp_path / "resumed", cfg, "cpu", 3)
+    train_autodecoder(None, tmp_path / "resumed", None, "cpu", 5, resume=True)
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    assert resumed[4] == straight[4] and resumed[5] == straight[5]
+
+
+def test_stop_event_ends_after_the_current_step_with_a_checkpoint(segments, tmp_path):
+    import threading
+
+    from facestudio.models.runs import Run
+    from facestudio.models.train_autodecoder import train_autodecoder
+
+    stop = threading.Event()
+    summary = train_autodecoder(segments, tmp_path / "run", small_config(), "cpu", 100,
+                                progress_cb=lambda p: stop.set() if p["step"] == 2 else None, stop_event=stop)
+    assert summary["step"] == 2 and summary["stopped_early"]
+    assert Run.open(tmp_path / "run").load_checkpoint().step == 2
+
+
+def test_mesh_render_and_encode_from_a_run(segments, tmp_path):
+    from facestudio.cli.main import main
+    from facestudio.models.mesh import extract_mesh
+    from facestudio.models.train_autodecoder import train_autodecoder
+
+    run = tmp_path / "run"
+    train_autodecoder(segments[:1], run, small_config(objects_per_batch=1, embedding_lr=1e-2, lr=2e-3), "cpu", 40)
+    verts, tris, colors = extract_mesh(run, 0, threshold=0.2)
+    assert len(verts) > 100 and tris.max() < len(verts) and colors.shape == verts.shape
+    assert np.all(np.abs(verts - np.array([0.0, 0.01, 0.03])) <= 0.13 + 1e-6)
+    assert main(["render", "0", str(tmp_path / "png"), "--model", str(run), "--views", "2", "--size", "32"]) == 0
+    assert len(list((tmp_path / "png").glob("*.png"))) == 2
+    assert main(["encode", str(segments[1]), "--model", str(run), "--seconds", "3"]) == 0
+    assert len(list((run / "encoded").glob("*.safetensors"))) == 1
+
+
+def test_perceptual_loss_loads_vgg19_weights_from_a_file_and_is_off_without(tmp_path, caplog):
+    import logging
+
+    from safetensors.torch import save_file
+
+    from facestudio.models.config import LossConfig
+    from facestudio.models.losses import AutodecoderLoss, VGG19Features
+
+    with caplog.at_level(logging.INFO):
+        assert AutodecoderLoss(LossConfig()).vgg is None
+    assert "perceptual loss off" in caplog.text
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in VGG19Features().state_dict().items() if k.startswith("features.")},
+              str(tmp_path / "vgg19.safetensors"))
+    loss_fn = AutodecoderLoss(LossConfig(vgg19_weights=str(tmp_path / "vgg19.safetensors")))
+    assert loss_fn.vgg is not None
+    out = {"rgb": torch.rand(2, 32, 32, 3), "opacity": torch.rand(2, 32, 32), "depth": torch.rand(2, 32, 32)}
+    total, terms = loss_fn(out, torch.rand(2, 32, 32, 3), torch.ones(2, 32, 32, dtype=torch.bool),
+                           torch.rand(2, 32, 32), 0.26)
+    assert terms["perceptual"] > 0 and torch.isfinite(total)
+    save_file({"features.0.weight": torch.zeros(64, 3, 3, 3)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="not a VGG-19"):
+        AutodecoderLoss(LossConfig(vgg19_weights=str(tmp_path / "bad.safetensors")))
+
+
+def test_cli_trains_from_a_toml_config_and_resumes(segments, tmp_path, library):
+    from facestudio.cli.main import main
+
+    save_config(small_config(), tmp_path / "small.toml")
+    seg_root = segments[0].parents[2]
+    assert main(["train", "autodecoder", "--config", str(tmp_path / "small.toml"), "--segments", str(seg_root),
+                 "--max-steps", "2", "--device", "cpu", "--json"]) == 0
+    (run,) = (library / "models" / "autodecoder").iterdir()
+    assert load_config(run / "config.toml") == small_config()
+    assert main(["train", "autodecoder", "--resume", run.name, "--max-steps", "3", "--json"]) == 0
+    assert sorted(_losses(run)) == [1, 2, 3]
+    assert main(["train", "autodecoder", "--config", "nope", "--json"]) == 2
