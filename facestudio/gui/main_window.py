@@ -17,7 +17,8 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
 
 from facestudio.gui.capture_panel import CapturePanel, SourceFactory
 from facestudio.gui.library_panel import LibraryPanel
-from facestudio.gui.pages import PlannedPage
+from facestudio.gui.train_panel import TrainPanel
+from facestudio.gui.generate_panel import GeneratePanel
 from facestudio.gui.viewport import Viewport
 from facestudio.gui.workers import Job, Jobs
 
@@ -40,7 +41,10 @@ class MainWindow(QMainWindow):
         self.capture = CapturePanel(library, self.jobs, self.viewport, interfaces=interfaces,
                                     virtual_source=virtual_source)
         self.library_panel = LibraryPanel(library, self.jobs, self.viewport)
-        panels = {"Capture": self.capture, "Library": self.library_panel}
+        self.train_panel = TrainPanel(library, self.jobs)
+        self.generate_panel = GeneratePanel(library, self.jobs, self.viewport)
+        panels = {"Capture": self.capture, "Library": self.library_panel, "Train": self.train_panel,
+                  "Generate": self.generate_panel}
 
         self.nav = QListWidget()
         self.nav.setObjectName("nav")
@@ -50,7 +54,7 @@ class MainWindow(QMainWindow):
         self.pages.setObjectName("pages")
         for name in STEPS:
             self.nav.addItem(QListWidgetItem(name))
-            self.pages.addWidget(panels.get(name) or PlannedPage(name, library))
+            self.pages.addWidget(panels[name])
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
         self.nav.setCurrentRow(0)
 
@@ -83,7 +87,8 @@ class MainWindow(QMainWindow):
         self.capture.device_changed.connect(self._device_changed)
         self.jobs.changed.connect(self._jobs_changed)
         self.library_panel.fuse_progress.connect(self._fuse_progress)
-        self.library_panel.notice.connect(lambda text: self.statusBar().showMessage(text, 10_000))
+        for panel in (self.library_panel, self.train_panel, self.generate_panel):
+            panel.notice.connect(self._notice)
         self.library_panel.capture_requested.connect(lambda: self.show_step("Capture"))
 
     def show_step(self, name: str) -> None:
@@ -107,6 +112,9 @@ class MainWindow(QMainWindow):
             self.compute_label.setText("Compute: not checked")
 
     # ------------------------------------------------------------------ status bar
+    def _notice(self, text: str) -> None:
+        self.statusBar().showMessage(text, 10_000)
+
     def _device_changed(self, text: str) -> None:
         self.device_label.setText(f"Device: {text}" if text else "No device")
 
@@ -126,7 +134,10 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ shutdown
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
-        """Finish takes, close streams and devices, then VTK (it crashes at exit otherwise)."""
+        """Stop training (after its current step, with a checkpoint), live input and mesh generation,
+        finish takes, close streams and devices, then VTK (it crashes at exit otherwise)."""
+        self.train_panel.shutdown()
+        self.generate_panel.shutdown()
         self.jobs.shutdown()
         self.capture.shutdown()
         self.library_panel.shutdown()

@@ -6,7 +6,8 @@ painted over its place in the grab.
 
 The Library is shown with real content: the screenshot waits for the panel's background
 read of the library, then shows a fused segment (mesh in the viewport, quality report) and,
-in a second picture, a take.
+in a second picture, a take. Train waits for its run list and preview render; Generate for
+a generated mesh, then applies the "smile" preset and waits for that mesh.
 """
 
 from __future__ import annotations
@@ -61,6 +62,34 @@ def _library_views(window: MainWindow) -> list[tuple[str, Callable[[], None]]]:
     return views or [("", lambda: None)]
 
 
+def _train_views(window: MainWindow) -> list[tuple[str, Callable[[], None]]]:
+    """The Train page once its runs are listed and the newest autodecoder run's preview is rendered."""
+    panel = window.train_panel
+    _wait(lambda: panel.runs is not None and not panel.is_reading())
+    _wait(lambda: panel._preview_job is None)
+    return [("", lambda: None)]
+
+
+def _generate_views(window: MainWindow) -> list[tuple[str, Callable[[], None]]]:
+    """The Generate page with a preset applied, once its final-quality mesh is in the viewport."""
+    panel = window.generate_panel
+    _wait(lambda: panel.runs is not None and not panel.is_reading())
+    if not panel.runs:
+        return [("", lambda: None)]
+    _wait(lambda: panel.result is not None or panel.banner.kind() == "error", timeout_s=120)
+    if panel.result is None:
+        return [("", lambda: None)]
+    smile = next((i for i in range(panel.preset_combo.count()) if panel.preset_combo.itemData(i) == "smile"), None)
+    if smile is not None:
+        shown = panel.result
+        panel._preset_chosen(smile)
+        _wait(lambda: panel.result is not shown and not panel.worker.busy(), timeout_s=120)
+    return [("", lambda: None)]
+
+
+VIEWS = {"Library": _library_views, "Train": _train_views, "Generate": _generate_views}
+
+
 def save_screenshots(window: MainWindow, out_dir: str | Path) -> list[Path]:
     """One PNG per workflow step (``01-capture.png`` ...); returns the paths written.
 
@@ -72,7 +101,7 @@ def save_screenshots(window: MainWindow, out_dir: str | Path) -> list[Path]:
     paths = []
     for n, step in enumerate(STEPS, 1):
         window.show_step(step)
-        views = _library_views(window) if step == "Library" else [("", lambda: None)]
+        views = VIEWS[step](window) if step in VIEWS else [("", lambda: None)]
         for suffix, select in views:
             select()
             path = out / f"{n:02d}-{step.lower()}{suffix}.png"

@@ -1,8 +1,9 @@
 """`facestudio gui --screenshots DIR`: drive the real app through every panel and save PNGs.
 
 Without a library it builds a temporary one the way a new user would: synthetic takes
-from the virtual device's renderer (fused into segments) and a live virtual device paired
-with its PIN, so every panel shows real content.
+from the virtual device's renderer (fused into segments), a live virtual device paired
+with its PIN, and a tiny autodecoder + diffusion model trained on those segments for about a
+minute, so every panel shows real content.
 """
 
 from __future__ import annotations
@@ -29,6 +30,27 @@ def _fill_library(root: Path, face_model: str | None) -> None:
                           seed=2, subject="ben", take="neutral-01")
 
 
+def _train_models(root: Path, autodecoder_steps: int = 120, diffusion_steps: int = 200) -> None:
+    """A tiny autodecoder and diffusion model on the fused segments, through the core trainers
+    (about a minute on two cores): enough for the Train page's curves and preview and for a
+    recognisable head on the Generate page, not for a good face."""
+    from facestudio.dataset.segment import find_segments
+    from facestudio.gui.model_runs import gui_threads, new_run_dir
+    from facestudio.models.config import load_config
+    from facestudio.models.diffusion_config import load_diffusion_config
+    from facestudio.models.train_autodecoder import train_autodecoder
+    from facestudio.models.train_diffusion import train_diffusion
+
+    config = load_config("tiny")
+    config.train.num_threads = gui_threads()
+    config.train.checkpoint_every = autodecoder_steps // 2
+    autodecoder = new_run_dir(root, "autodecoder")
+    train_autodecoder(find_segments(root / "datasets"), autodecoder, config, "cpu", autodecoder_steps)
+    diffusion = load_diffusion_config("tiny")
+    diffusion.train.num_threads = gui_threads()
+    train_diffusion(autodecoder, new_run_dir(root, "diffusion"), diffusion, "cpu", diffusion_steps)
+
+
 def run_screenshot_tour(out_dir: str | Path, library: str | None = None,
                         face_model: str | None = None) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="facestudio-tour-") as tmp:
@@ -36,6 +58,7 @@ def run_screenshot_tour(out_dir: str | Path, library: str | None = None,
         face_model = face_model_for(root, face_model)
         if library is None:
             _fill_library(root, face_model)
+            _train_models(root)
         app = QApplication.instance() or QApplication([])
         apply_look(app)
         window = MainWindow(root, interfaces=["127.0.0.1"],

@@ -139,7 +139,8 @@ def _init_weights(model: ConditionalDenoiser, source: Path) -> None:
     own = model.state_dict()
     bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
     if bad or set(own) - set(weights):
-        raise ValueError(f"--init-from {source}: its U-Net differs from this config (e.g. {(bad or ['missing keys'])[0]})")
+        example = (bad or ["missing keys"])[0]
+        raise ValueError(f"--init-from {source}: its U-Net differs from this config (e.g. {example})")
     model.load_state_dict(weights)
 
 

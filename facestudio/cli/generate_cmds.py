@@ -1,0 +1,292 @@
+"""Stage-2 commands: `train diffusion`, `generate`, `synth`, `eval expression`, `bench generate`.
+
+Diffusion runs live in LIBRARY/models/diffusion/<timestamp>/ beside the autodecoder runs;
+`--model` / `--autodecoder` accept a run folder or a run name (default: the newest run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from facestudio.cli.groups import group
+    from facestudio.cli.main import add_json_flag
+
+    q = group(sub, common, "train").add_parser(
+        "diffusion", parents=[common], help="train the stage-2 expression/identity-conditioned diffusion model",
+        description="EDM training of a 3D U-Net on an autodecoder run's normalised latents, conditioned on "
+                    "blendshapes and the subject's neutral latent. Ctrl+C stops cleanly; --resume continues.")
+    q.add_argument("--config", default="tiny", help="preset (tiny, paper) or a TOML file (default tiny)")
+    q.add_argument("--autodecoder", metavar="RUN", help="autodecoder run (default: the newest)")
+    q.add_argument("--resume", metavar="RUN", help="continue a diffusion run from its latest checkpoint")
+    q.add_argument("--init-from", metavar="RUN", help="start from another diffusion run's weights (fine-tuning)")
+    q.add_argument("--max-steps", type=int, help="stop at this step (default: the config's train.max_steps)")
+    q.add_argument("--device", default="auto", choices=DEVICES)
+    add_json_flag(q)
+    q.set_defaults(func=run_train_diffusion)
+
+    q = sub.add_parser("generate", parents=[common], help="generate a person with an expression as a mesh",
+                       description="Sample the diffusion model for a person (subject, training segment or an "
+                                   "unseen neutral segment) and ARKit blendshape weights; write a colored mesh.")
+    q.add_argument("--person", required=True, help="subject name, training segment, or neutral segment folder")
+    q.add_argument("--expr", default="", help="blendshape weights, e.g. jawOpen=0.8,mouthSmileLeft=0.5")
+    q.add_argument("--preset", help="expression preset from resources/presets/expressions (--expr overrides)")
+    q.add_argument("--seed", type=int, default=0, help="initial-noise seed (default 0)")
+    q.add_argument("--steps", type=int, help="Heun steps (default: the run's final steps)")
+    q.add_argument("--guidance", type=float, help="classifier-free guidance weight (default: the run's)")
+    q.add_argument("--preview", action="store_true", help="preview quality (few steps, coarse mesh)")
+    q.add_argument("--model", metavar="RUN", help="diffusion run (default: the newest)")
+    q.add_argument("--out", type=Path, required=True, help="mesh file (.ply, .obj, .stl, .glb)")
+    q.add_argument("--device", default="cpu", choices=DEVICES)
+    add_json_flag(q)
+    q.set_defaults(func=run_generate)
+
+    q = sub.add_parser("synth", parents=[common], help="build a synthetic library through the virtual device",
+                       description="Record virtual-device takes (one identity each) and fuse them into the "
+                                   "library: pretraining data for labs with few subjects.")
+    q.add_argument("--identities", type=int, required=True, help="synthetic people")
+    q.add_argument("--expressions", type=int, required=True, help="held expressions per take (neutral first)")
+    q.add_argument("--frames", type=int, help="frames per take (default: enough for --expressions)")
+    q.add_argument("--seed", type=int, default=0, help="first identity seed (default 0)")
+    q.add_argument("--face-model", metavar="PATH", help="ICT face model .npz (default: the library's, else procedural)")
+    add_json_flag(q)
+    q.set_defaults(func=run_synth)
+
+    q = group(sub, common, "eval").add_parser(
+        "expression", parents=[common], help="expression transfer on synthetic people vs two baselines",
+        description="Trains both stages (tiny) on synthetic identities, generates held-out (identity, "
+                    "expression) pairs, reports surface distance and expression error vs the exact meshes.")
+    q.add_argument("--minutes", type=float, default=20.0, help="training budget, both stages (default 20)")
+    q.add_argument("--train-identities", type=int, default=4, help="identities with all expressions (default 4)")
+    q.add_argument("--heldout-identities", type=int, default=2, help="identities seen only neutral (default 2)")
+    q.add_argument("--face-model", metavar="PATH",
+                   help="ICT face model .npz (default: LIBRARY/facemodels/ict_facekit.npz, else procedural)")
+    q.add_argument("--keep", type=Path, metavar="DIR", help="keep data and runs here instead of a temp dir")
+    q.add_argument("--device", default="auto", choices=DEVICES)
+    add_json_flag(q)
+    q.set_defaults(func=run_eval_expression)
+
+    q = group(sub, common, "bench").add_parser(
+        "generate", parents=[common], help="latency (person, expression) -> mesh arrays, preview and final")
+    q.add_argument("--model", metavar="RUN", help="diffusion run (default: the newest)")
+    q.add_argument("--repeats", type=int, default=5, help="timed generations per quality (default 5)")
+    q.add_argument("--device", default="cpu", choices=DEVICES)
+    add_json_flag(q)
+    q.set_defaults(func=run_bench_generate)
+
+
+def runs_root(library: str | None, stage: str) -> Path:
+    from facestudio.paths import library_root
+
+    return library_root(library) / "models" / stage
+
+
+def resolve_run(spec: str | None, library: str | None, stage: str) -> Path:
+    """A run folder, a run name under LIBRARY/models/STAGE, or (None) the newest run there."""
+    root = runs_root(library, stage)
+    if spec is None:
+        runs = sorted(p for p in root.glob("*") if (p / "config.toml").is_file()) if root.exists() else []
+        if not runs:
+            raise ValueError(f"no {stage} run under {root}; train one with `facestudio train {stage}`")
+        return runs[-1]
+    for candidate in (Path(spec).expanduser(), root / spec):
+        if (candidate / "config.toml").is_file():
+            return candidate
+    raise ValueError(f"no {stage} run {spec!r} (a run folder, or a name under {root})")
+
+
+def _stop_on_sigint() -> threading.Event:
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def run_train_diffusion(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.models.diffusion_config import load_diffusion_config
+    from facestudio.models.runs import format_progress
+    from facestudio.models.train_diffusion import train_diffusion
+
+    init = resolve_run(args.init_from, args.library, "diffusion") if args.init_from else None
+    if args.resume:
+        run_dir, config = resolve_run(args.resume, args.library, "diffusion"), None
+        autodecoder = resolve_run(args.autodecoder, args.library, "autodecoder") if args.autodecoder else None
+        if init is not None:
+            raise ValueError("--resume continues a run's own weights; drop --init-from")
+    else:
+        config = load_diffusion_config(args.config)
+        autodecoder = resolve_run(args.autodecoder, args.library, "autodecoder")
+        run_dir = runs_root(args.library, "diffusion") / time.strftime("%Y%m%d-%H%M%S")
+
+    def progress(p: dict[str, Any]) -> None:
+        if not args.json:
+            print("\r" + format_progress(p), end="", file=sys.stderr, flush=True)
+
+    summary = train_diffusion(autodecoder, run_dir, config, args.device, args.max_steps, bool(args.resume), init,
+                              progress, _stop_on_sigint())
+    if not args.json:
+        print(file=sys.stderr)
+    return summary
+
+
+def run_generate(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import open3d as o3d
+
+    from facestudio.export.mesh import write_mesh
+    from facestudio.generation.generate import Generator
+    from facestudio.generation.presets import expression_vector
+    from facestudio.models.train_autodecoder import resolve_device, set_threads
+
+    weights = expression_vector(args.expr, args.preset)   # bad names fail before any model loads
+    if args.steps is not None and args.steps < 1:
+        raise ValueError("--steps must be >= 1")
+    gen = Generator(resolve_run(args.model, args.library, "diffusion"), str(resolve_device(args.device)))
+    threads = set_threads(gen.config.train.num_threads)
+    t0 = time.perf_counter()
+    verts, tris, colors = gen.generate(args.person, weights, args.seed, args.steps, args.guidance,
+                                       "preview" if args.preview else "final")
+    seconds = time.perf_counter() - t0
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts.astype(np.float64)),
+                                     o3d.utility.Vector3iVector(tris))
+    mesh.vertex_colors = o3d.utility.Vector3dVector(colors.astype(np.float64) / 255.0)
+    path = write_mesh(mesh, args.out)
+    return {"out": str(path), "model": str(gen.run_dir), "person": args.person, "seed": args.seed,
+            "expression": {k: float(v) for k, v in zip(_names(), weights) if v > 0},
+            "vertices": int(len(verts)), "triangles": int(len(tris)), "seconds": round(seconds, 3),
+            "threads": threads}
+
+
+def _names() -> tuple[str, ...]:
+    from facestudio.faces.arkit import BLENDSHAPE_NAMES
+
+    return BLENDSHAPE_NAMES
+
+
+def run_synth(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.generation.synth import build_synthetic_library
+    from facestudio.paths import face_model_for, library_root
+
+    root = library_root(args.library)
+    face_model = face_model_for(root, args.face_model)
+    if face_model is not None and not Path(face_model).is_file():
+        raise ValueError(f"--face-model {face_model} does not exist")
+
+    def progress(p: dict[str, Any]) -> None:
+        if not args.json:
+            print(f"\ridentity {p['identity']}/{p['identities']}  {p['segments']} segments  "
+                  f"{p['elapsed_s']:.0f} s", end="", file=sys.stderr, flush=True)
+
+    result = build_synthetic_library(root, args.identities, args.expressions, face_model, args.frames, args.seed,
+                                     progress)
+    if not args.json:
+        print(file=sys.stderr)
+    return result
+
+
+def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.cli.model_eval_cmds import default_face_model
+    from facestudio.generation.evaluate import make_protocol_data, score_pair, summarise
+    from facestudio.generation.generate import Generator
+    from facestudio.models.config import tiny as autodecoder_tiny
+    from facestudio.models.diffusion_config import tiny as diffusion_tiny
+    from facestudio.models.train_autodecoder import train_autodecoder
+    from facestudio.models.train_diffusion import train_diffusion
+
+    if args.minutes <= 0 or args.train_identities < 2 or args.heldout_identities < 1:
+        raise ValueError("--minutes must be > 0, --train-identities >= 2, --heldout-identities >= 1")
+    face_model = args.face_model or default_face_model(args.library)
+    if face_model is not None and not Path(face_model).is_file():
+        raise ValueError(f"--face-model {face_model} does not exist")
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="fs-eval-expr-") as tmp:
+        root = args.keep or Path(tmp)
+        t0 = time.monotonic()
+        train, pairs = make_protocol_data(root, args.train_identities, args.heldout_identities, face_model)
+        data_s = time.monotonic() - t0
+        # The autodecoder bounds everything downstream: it gets 2/3 of the budget.
+        ad = _timed(lambda stop: train_autodecoder(train, root / "autodecoder", autodecoder_tiny(), args.device,
+                                                   10 ** 9, stop_event=stop), args.minutes * 60 * 2 / 3, args.json)
+        diff = _timed(lambda stop: train_diffusion(root / "autodecoder", root / "diffusion", diffusion_tiny(),
+                                                   args.device, 10 ** 9, stop_event=stop), args.minutes * 60 / 3,
+                      args.json)
+        gen = Generator(root / "diffusion", "cpu")
+        t1 = time.monotonic()
+        rows = []
+        for p in pairs:
+            try:
+                rows.append(score_pair(gen, p))
+            except ValueError as exc:   # e.g. no surface at the mesh level: a failure to report
+                rows.append({"group": p.group, "label": p.label, "error": str(exc)})
+        eval_s = time.monotonic() - t1
+    return {"face_model": "ict" if face_model else "procedural", "preset": "tiny",
+            "train_identities": args.train_identities, "heldout_identities": args.heldout_identities,
+            "training_segments": len(train), "pairs": len(rows), "minutes": args.minutes,
+            "autodecoder_steps": ad["step"], "diffusion_steps": diff["step"], "threads": ad["threads"],
+            "sampling_steps": gen.config.sampling.final_steps, "guidance": gen.config.sampling.guidance,
+            "data_seconds": round(data_s, 1), "eval_seconds": round(eval_s, 1),
+            "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+            "summary": summarise(rows), "per_pair": [{k: (round(v, 3) if isinstance(v, float) else v)
+                                                      for k, v in r.items()} for r in rows]}
+
+
+def _timed(train: Any, seconds: float, quiet: bool) -> dict[str, Any]:
+    """Run ``train(stop_event)`` for a wall-clock budget (a timer sets the stop event)."""
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    try:
+        summary = train(stop)
+    finally:
+        timer.cancel()
+    if not quiet:
+        print(f"{Path(summary['run']).name}: {summary['step']} steps, loss {summary['loss']:.4f}", file=sys.stderr)
+    return summary
+
+
+def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from facestudio.faces.arkit import blendshape_vector
+    from facestudio.generation.generate import Generator
+    from facestudio.models.train_autodecoder import resolve_device, set_threads
+
+    if args.repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    device = resolve_device(args.device)
+    gen = Generator(resolve_run(args.model, args.library, "diffusion"), str(device))
+    threads = set_threads(gen.config.train.num_threads)
+    person = gen.data.subjects[0]
+    gen.person_latent(person)      # a person is encoded once, before the sliders move
+    result: dict[str, Any] = {"model": str(gen.run_dir), "preset": gen.config.preset, "device": str(device),
+                              "torch_threads": torch.get_num_threads(), "threads_set": threads,
+                              "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+                              "guidance": gen.config.sampling.guidance}
+    goals = {"preview": 0.3, "final": 2.0}
+    for quality in ("preview", "final"):
+        times, verts = [], 0
+        for i in range(args.repeats + 1):     # the first call warms up allocators and kernels
+            weights = blendshape_vector({"jawOpen": 0.1 * (i % 8), "mouthSmileLeft": 0.5})
+            t0 = time.perf_counter()
+            v, _, _ = gen.generate(person, weights, seed=0, quality=quality)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            verts = len(v)
+        q = gen.quality[quality]
+        result[quality] = {"steps": q.steps, "network_calls": 2 * q.steps - 1, "mesh_upsample": q.mesh_upsample,
+                           "median_s": round(statistics.median(times[1:]), 4), "max_s": round(max(times[1:]), 4),
+                           "vertices": verts, "goal_s": goals[quality],
+                           "meets_goal": statistics.median(times[1:]) <= goals[quality]}
+    return result

@@ -1,0 +1,161 @@
+"""The synthetic expression-transfer protocol of issue 5 and its baselines.
+
+Data: synthetic ICT identities rendered from the virtual device's exact geometry
+(:mod:`facestudio.models.synthetic_segments`). Training identities contribute every expression
+except one held-out (identity, expression) pair each; held-out identities contribute only their
+neutral segment, encoded after training with the decoder frozen. Every pair is scored against
+the exact mesh:
+
+- surface distance (mm): symmetric face-region distance (models.evaluate.mesh_distance_mm);
+- expression error (mm): from each true-neutral face vertex, a ray along its normal measures how
+  far the surface moved between neutral and expression (signed, outward > 0); the error is
+  mean |moved_generated - moved_true|. It isolates the expression from identity errors that
+  neutral and expression share.
+
+All meshes of a person are moved by one rigid transform (ICP of the person's decoded neutral
+onto the true neutral's face region), so alignment cannot absorb the expression itself.
+Baselines in the same run: (a) the decoded neutral unchanged (its expression error is the mean
+true motion); (b) the training sample nearest in blendshape space, transferred as its latent
+displacement from its own subject's neutral added to the person's latent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open3d as o3d
+import torch
+
+from facestudio.capture.virtual.source import SyntheticFaceSource
+from facestudio.generation.generate import Generator, Mesh
+from facestudio.models.evaluate import mesh_distance_mm
+from facestudio.models.synthetic_segments import write_synthetic_segment
+
+RAY_START_M = 0.03          # rays start this far outside the true neutral surface
+HELDOUT_SEED_OFFSET = 1000  # held-out identities use seeds 1000, 1001, ...
+
+
+@dataclass
+class Pair:
+    group: str                      # "train_identity" or "heldout_identity"
+    person: str                     # subject name (training) or neutral segment folder (held out)
+    label: str
+    blendshapes: np.ndarray         # (52,)
+    truth_neutral: np.ndarray       # (V, 3) exact vertices
+    truth_expression: np.ndarray
+    triangles: np.ndarray
+    face_mask: np.ndarray
+
+
+def make_protocol_data(root: Path, train_identities: int, heldout_identities: int, face_model: str | None,
+                       views: int = 12, image_size: int = 64) -> tuple[list[Path], list[Pair]]:
+    """Training segments and the held-out pairs (their truths kept in memory)."""
+    train: list[Path] = []
+    pairs: list[Pair] = []
+    seeds = [(s, "train_identity") for s in range(train_identities)]
+    seeds += [(HELDOUT_SEED_OFFSET + j, "heldout_identity") for j in range(heldout_identities)]
+    for seed, group in seeds:
+        source = SyntheticFaceSource.create(face_model, seed=seed)
+        truth = source.truth()
+        segs = truth["segments"]
+        held = [1 + seed % (len(segs) - 1)] if group == "train_identity" else list(range(1, len(segs)))
+        folder = root / ("train" if group == "train_identity" else "new")
+        neutral_path = None
+        for k in range(len(segs)):
+            if k in held:
+                continue
+            made = write_synthetic_segment(source, k, folder, None, views, 0, image_size).train
+            train += [made] if group == "train_identity" else []
+            neutral_path = made if k == 0 else neutral_path
+        person = f"synth{seed:03d}" if group == "train_identity" else str(neutral_path)
+        for k in held:
+            pairs.append(Pair(group, person, segs[k]["label"], np.asarray(segs[k]["blendshapes"], np.float32),
+                              segs[0]["vertices"], segs[k]["vertices"], truth["triangles"],
+                              np.asarray(truth["face_vertex_mask"], bool)))
+    return train, pairs
+
+
+def _scene(vertices: np.ndarray, triangles: np.ndarray) -> o3d.t.geometry.RaycastingScene:
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(triangles.astype(np.uint32)))
+    return scene
+
+
+def normal_rays(pair: Pair) -> np.ndarray:
+    """(F, 6) rays from outside the true neutral face region inward along its vertex normals."""
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(pair.truth_neutral.astype(np.float64)),
+                                     o3d.utility.Vector3iVector(pair.triangles.astype(np.int32)))
+    mesh.compute_vertex_normals()
+    n = np.asarray(mesh.vertex_normals)[pair.face_mask]
+    p = pair.truth_neutral[pair.face_mask]
+    return np.concatenate([p + RAY_START_M * n, -n], axis=1).astype(np.float32)
+
+
+def moved(rays: np.ndarray, vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Signed outward position (m) of a surface along each ray relative to the true neutral (nan = miss)."""
+    t = _scene(vertices, triangles).cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+    return np.where(np.isfinite(t), RAY_START_M - t, np.nan)
+
+
+def rigid_align(mesh: Mesh, pair: Pair) -> np.ndarray:
+    """4x4 ICP (point-to-plane) of a decoded neutral onto the true neutral face region."""
+    target = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pair.truth_neutral[pair.face_mask].astype(np.float64)))
+    target.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(12))
+    source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(mesh[0].astype(np.float64)))
+    result = o3d.pipelines.registration.registration_icp(
+        source, target, 0.01, np.eye(4), o3d.pipelines.registration.TransformationEstimationPointToPlane(),
+        o3d.pipelines.registration.ICPConvergenceCriteria(max_iteration=50))
+    return np.asarray(result.transformation)
+
+
+def _apply(mesh: Mesh, transform: np.ndarray) -> Mesh:
+    v = (mesh[0].astype(np.float64) @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32)
+    return v, mesh[1], mesh[2]
+
+
+def score_pair(gen: Generator, pair: Pair, seed: int = 0) -> dict[str, Any]:
+    """Surface distance and expression error of ours and both baselines for one held-out pair."""
+    data = gen.data
+    identity = gen.person_latent(pair.person)
+    neutral = gen.decode(identity)                                          # baseline (a)
+    ours = gen.decode(gen.latent(identity, pair.blendshapes, seed))
+    ours_ref = gen.decode(gen.latent(identity, np.zeros_like(pair.blendshapes), seed))
+    nearest = int(torch.cdist(torch.from_numpy(pair.blendshapes)[None], data.blendshapes)[0].argmin())
+    transfer = identity + data.latents[nearest] - data.latents[data.identity_index[nearest]]
+    baseline_b = gen.decode(transfer)
+    align = rigid_align(neutral, pair)
+    rays = normal_rays(pair)
+    true_move = moved(rays, pair.truth_expression, pair.triangles)
+    truth = {"vertices": pair.truth_expression, "triangles": pair.triangles, "face_vertex_mask": pair.face_mask}
+    meshes = {"ours": (ours, ours_ref), "neutral": (neutral, neutral), "nearest_transfer": (baseline_b, neutral)}
+    moves = {k: moved(rays, *_apply(m, align)[:2]) - moved(rays, *_apply(ref, align)[:2])
+             for k, (m, ref) in meshes.items()}
+    valid = np.isfinite(true_move) & np.all([np.isfinite(m) for m in moves.values()], axis=0)
+    row: dict[str, Any] = {"group": pair.group, "person": Path(pair.person).parent.parent.name
+                           if pair.group == "heldout_identity" else pair.person, "label": pair.label,
+                           "nearest_training_sample": data.names[nearest], "rays_valid": int(valid.sum()),
+                           "true_motion_mm": float(np.abs(true_move[valid]).mean() * 1000)}
+    for k, (m, _) in meshes.items():
+        row[f"{k}_surface_mm"] = mesh_distance_mm(*_apply(m, align)[:2], truth)["mesh_distance_mm"]
+        row[f"{k}_expression_mm"] = float(np.abs(moves[k][valid] - true_move[valid]).mean() * 1000)
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means per group and overall, with the goal checks of issue 5."""
+    out: dict[str, Any] = {"failed_pairs": sum("error" in r for r in rows)}
+    for group in ("train_identity", "heldout_identity", "all"):
+        sel = [r for r in rows if (group == "all" or r["group"] == group) and "error" not in r]
+        if not sel:
+            continue
+        mean = {k: round(float(np.mean([r[k] for r in sel])), 3) for k in sel[0] if k.endswith("_mm")}
+        ours, a, b = mean["ours_expression_mm"], mean["neutral_expression_mm"], mean["nearest_transfer_expression_mm"]
+        mean["pairs"] = len(sel)
+        mean["reduction_vs_neutral_pct"] = round(100 * (1 - ours / a), 1) if a > 0 else None
+        mean["goal_50pct_below_neutral"] = bool(ours <= 0.5 * a)
+        mean["goal_below_nearest_transfer"] = bool(ours < b)
+        out[group] = mean
+    return out

@@ -1,0 +1,136 @@
+"""A person + an expression -> a colored mesh: sampling, de-normalisation, G2, marching cubes.
+
+The person is given by a neutral segment (a training segment, a subject name, or a segment the
+model never saw, encoded once with the decoder frozen - no diffusion retraining). Sampling is
+the deterministic EDM Heun sampler from initial noise fixed by the seed, so the same seed with
+nearby expressions gives nearby faces (the probability-flow ODE is a smooth map; REFERENCE.md
+sec. 2) - what slider dragging needs. Preview quality uses few steps and marching cubes on the
+raw grid; final quality more steps and an upsampled grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from facestudio.dataset.segment import HEAD_BOX_CENTER, HEAD_BOX_SIZE, Segment, SegmentError
+from facestudio.faces.arkit import NUM_BLENDSHAPES
+from facestudio.models.denoiser import ConditionalDenoiser
+from facestudio.models.diffusion_config import DiffusionConfig, load_diffusion_config
+from facestudio.models.latents import denormalise, load_latent_set, normalise
+from facestudio.models.mesh import grid_to_mesh
+from facestudio.models.render import Box
+from facestudio.models.runs import Run
+from facestudio.models.train_autodecoder import load_trained
+from facestudio.models.train_diffusion import SEGMENTS_FILE
+
+log = logging.getLogger(__name__)
+
+Mesh = tuple[np.ndarray, np.ndarray, np.ndarray]   # vertices (N, 3) f32 m, triangles (M, 3) i32, colors (N, 3) u8
+
+
+@dataclass(frozen=True)
+class Quality:
+    steps: int
+    mesh_upsample: int
+
+
+class Generator:
+    """A trained diffusion run with its autodecoder, ready to generate meshes."""
+
+    def __init__(self, run_dir: Path, device: str = "cpu", encode_seconds: float = 60.0) -> None:
+        run = Run.open(Path(run_dir))
+        self.run_dir = run.path
+        self.config: DiffusionConfig = load_diffusion_config(run.config_path)
+        meta = json.loads((run.path / SEGMENTS_FILE).read_text(encoding="utf-8"))
+        self.device = torch.device(device)
+        self.autodecoder = load_trained(Path(meta["autodecoder"]), device)
+        self.data = load_latent_set(self.autodecoder)
+        self.model = ConditionalDenoiser(self.config.denoiser).to(self.device)
+        ckpt = run.load_checkpoint(device=device)
+        self.model.load_state_dict(ckpt.model)
+        self.model.eval()
+        self.step = ckpt.step
+        self.encode_seconds = encode_seconds
+        self.box = _box(self.autodecoder.segment_paths[0])
+        self._people: dict[str, torch.Tensor] = {}
+        s = self.config.sampling
+        self.quality = {"preview": Quality(s.preview_steps, s.preview_mesh_upsample),
+                        "final": Quality(s.final_steps, s.final_mesh_upsample)}
+
+    # ------------------------------------------------------------------ people
+
+    def person_latent(self, person: str | Path) -> torch.Tensor:
+        """Normalised (C, R, R, R) identity latent of a subject, a training segment (name or
+        path), or an unseen segment folder (encoded with the decoder frozen, then cached)."""
+        key = str(person)
+        if key not in self._people:
+            self._people[key] = self._resolve(key)
+        return self._people[key]
+
+    def _resolve(self, key: str) -> torch.Tensor:
+        if key in self.data.subjects:
+            return self.data.identity_of(key)
+        index = self.autodecoder.index_of(key)
+        if index is not None:
+            return self.data.latents[index]
+        path = Path(key)
+        if not (path / "segment.json").is_file():
+            subjects = ", ".join(sorted(set(self.data.subjects)))
+            raise ValueError(f"--person {key!r} is neither a subject of the model ({subjects}), "
+                             "a training segment, nor a segment folder")
+        from facestudio.models.encode import encode_segment, encoded_path
+
+        cached = encoded_path(self.autodecoder, path)
+        if not cached.exists():
+            log.info("%s is a new person: encoding its neutral segment (decoder frozen)", path)
+            encode_segment(self.autodecoder, path, seconds=self.encode_seconds)
+        return normalise(load_file(str(cached))["latent"], self.data.stats)
+
+    # ------------------------------------------------------------------ generation
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The seed's initial noise, drawn on the CPU so a seed means the same face on any device."""
+        gen = torch.Generator().manual_seed(int(seed))
+        return torch.randn((1, *self.model.latent_shape), generator=gen)
+
+    @torch.no_grad()
+    def latent(self, identity: torch.Tensor, blendshapes: np.ndarray | torch.Tensor, seed: int = 0,
+               steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+        """Normalised sampled latent (C, R, R, R) for a normalised identity latent and 52 weights."""
+        bs = torch.as_tensor(np.asarray(blendshapes, dtype=np.float32)).reshape(1, -1)
+        if bs.shape[1] != NUM_BLENDSHAPES:
+            raise ValueError(f"expected {NUM_BLENDSHAPES} blendshape weights, got {bs.shape[1]}")
+        out = self.model.sample(bs.to(self.device), identity[None].to(self.device), noise=self.noise(seed),
+                                num_steps=steps or self.config.sampling.final_steps,
+                                guidance=self.config.sampling.guidance if guidance is None else guidance)
+        return out[0]
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, mesh_upsample: int = 2) -> Mesh:
+        """A normalised latent -> de-normalise -> G2 -> marching cubes (colors from the grid)."""
+        raw = self.autodecoder.model.g2(denormalise(latent.to(self.device), self.data.stats)[None])[0]
+        return grid_to_mesh(raw, self.box, self.config.sampling.threshold, mesh_upsample)
+
+    def generate(self, person: str | Path, blendshapes: np.ndarray, seed: int = 0, steps: int | None = None,
+                 guidance: float | None = None, quality: str = "final") -> Mesh:
+        """(vertices, triangles, vertex_colors) of ``person`` with ``blendshapes`` (52 ARKit weights)."""
+        if quality not in self.quality:
+            raise ValueError(f"quality must be one of {', '.join(self.quality)}")
+        q = self.quality[quality]
+        latent = self.latent(self.person_latent(person), blendshapes, seed, steps or q.steps, guidance)
+        return self.decode(latent, q.mesh_upsample)
+
+
+def _box(path: Path) -> Box:
+    try:
+        info = Segment(path).info
+        return Box(tuple(info.box_center), info.box_size)
+    except SegmentError:   # the training segment moved: the box every model shares
+        return Box(HEAD_BOX_CENTER, HEAD_BOX_SIZE)

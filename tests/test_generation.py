@@ -1,0 +1,210 @@
+"""Stage 2 in use: diffusion training/resume, the Generator (CFG, determinism, smoothness), presets,
+and a tiny end-to-end run (synthetic segments -> both stages -> generate -> PLY read back)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facestudio.models.config import AutodecoderConfig, ModelConfig, RenderConfig, TrainConfig
+from facestudio.models.diffusion_config import DiffusionConfig, load_diffusion_config, paper, tiny
+
+
+def small_diffusion(**train: object) -> DiffusionConfig:
+    """Smaller than `tiny` so a step takes a fraction of a second; a low mesh level for barely trained grids."""
+    cfg = tiny()
+    u = cfg.denoiser.unet
+    u.model_channels, u.head_channels, u.context_dim = 16, 16, 32
+    cfg.denoiser.conditioning.expression_hidden, cfg.denoiser.conditioning.identity_channels = 16, 16
+    cfg.train = replace(cfg.train, batch_size=2, log_every=1, checkpoint_every=1000, **train)
+    cfg.sampling = replace(cfg.sampling, preview_steps=2, final_steps=3, threshold=0.2)
+    return cfg.validate()
+
+
+@pytest.fixture(scope="module")
+def autodecoder_run(tmp_path_factory) -> Path:
+    """Neutral + one expression of one procedural identity, decoder trained until a surface appears."""
+    from facestudio.models.synthetic_segments import make_synthetic_segments
+    from facestudio.models.train_autodecoder import train_autodecoder
+
+    root = tmp_path_factory.mktemp("gen")
+    made = make_synthetic_segments(root / "train", 2, None, None, views=6, image_size=48)
+    cfg = AutodecoderConfig(
+        preset="test", model=ModelConfig(embedding_dim=16, channels=[32, 16, 16, 8], attention_resolutions=[8]),
+        render=RenderConfig(image_size=32, samples_per_ray=24),
+        train=TrainConfig(objects_per_batch=2, views_per_object=2, lr=2e-3, embedding_lr=1e-2, log_every=5,
+                          checkpoint_every=1000)).validate()
+    train_autodecoder([m.train for m in made], root / "autodecoder", cfg, "cpu", 40)
+    return root / "autodecoder"
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(autodecoder_run: Path) -> Path:
+    from facestudio.models.train_diffusion import train_diffusion
+
+    run = autodecoder_run.parent / "diffusion"
+    train_diffusion(autodecoder_run, run, small_diffusion(), "cpu", 4)
+    return run
+
+
+@pytest.fixture(scope="module")
+def generator(diffusion_run: Path):
+    from facestudio.generation.generate import Generator
+
+    return Generator(diffusion_run)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    from facestudio.models.runs import Run
+
+    return {r["step"]: r["loss"] for r in Run(run).metrics() if r.get("kind") == "train"}
+
+
+# ---------------------------------------------------------------------- config and presets
+
+def test_config_presets_round_trip_and_bad_keys_are_named(tmp_path):
+    from facestudio.models.config import save_config
+
+    for cfg in (tiny(), paper()):
+        save_config(cfg, tmp_path / "c.toml")
+        assert load_diffusion_config(tmp_path / "c.toml") == cfg
+    assert paper().denoiser.unet.model_channels == 192 and paper().sampling.guidance == 3.0
+    (tmp_path / "bad.toml").write_text("[train]\nlrr = 1.0\n")
+    with pytest.raises(ValueError, match="train.lrr: unknown key"):
+        load_diffusion_config(tmp_path / "bad.toml")
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_diffusion_config("nope")
+
+
+def test_presets_load_and_unknown_names_fail_clearly():
+    from facestudio.faces.arkit import BLENDSHAPE_INDEX
+    from facestudio.generation.presets import expression_vector, load_preset, preset_names
+
+    names = preset_names()
+    assert {"smile", "surprise", "anger", "sadness", "disgust", "kiss", "wink", "jaw_open", "brows_up"} <= set(names)
+    for name in names:
+        load_preset(name)
+    vec = expression_vector("jawOpen=0.3", "smile")
+    assert vec[BLENDSHAPE_INDEX["mouthSmileLeft"]] == pytest.approx(0.9)
+    assert vec[BLENDSHAPE_INDEX["jawOpen"]] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="available: .*smile"):
+        load_preset("grin")
+    with pytest.raises(ValueError, match="unknown ARKit blendshape 'jawOpn'; valid names: eyeBlinkLeft"):
+        expression_vector("jawOpn=0.5")
+    with pytest.raises(ValueError, match=r"not a weight in \[0, 1\]"):
+        expression_vector("jawOpen=1.5")
+
+
+def test_cli_rejects_unknown_blendshapes_before_loading_a_model(tmp_path, capsys):
+    from facestudio.cli.main import main
+
+    assert main(["generate", "--person", "x", "--expr", "smileBig=1", "--out", str(tmp_path / "f.ply"),
+                 "--json"]) == 2
+    err = json.loads(capsys.readouterr().out.splitlines()[0])["error"]
+    assert "smileBig" in err and "mouthSmileLeft" in err
+
+
+# ---------------------------------------------------------------------- training
+
+def test_diffusion_resume_gives_the_same_next_step_loss(autodecoder_run, tmp_path):
+    from facestudio.models.train_diffusion import train_diffusion
+
+    cfg = small_diffusion()
+    train_diffusion(autodecoder_run, tmp_path / "straight", cfg, "cpu", 4)
+    train_diffusion(autodecoder_run, tmp_path / "resumed", small_diffusion(), "cpu", 2)
+    summary = train_diffusion(None, tmp_path / "resumed", None, "cpu", 4, resume=True)
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(resumed) == [1, 2, 3, 4] and summary["step"] == 4
+    assert resumed[3] == straight[3] and resumed[4] == straight[4]
+    names = json.loads((tmp_path / "resumed" / "segments.json").read_text())["names"]
+    assert len(names) == 2
+
+
+def test_init_from_starts_at_the_source_weights(autodecoder_run, diffusion_run, tmp_path):
+    from facestudio.models.runs import Run
+    from facestudio.models.train_diffusion import train_diffusion
+
+    train_diffusion(autodecoder_run, tmp_path / "ft", small_diffusion(lr=1e-12), "cpu", 1, init_from=diffusion_run)
+    src, ft = Run(diffusion_run).load_checkpoint().model, Run(tmp_path / "ft").load_checkpoint().model
+    key = "model.net.out.weight" if "model.net.out.weight" in src else sorted(src)[-1]
+    assert torch.allclose(src[key], ft[key], atol=1e-6)
+
+
+# ---------------------------------------------------------------------- generator
+
+def test_cfg_weight_one_equals_the_conditional_model(generator):
+    from facestudio.models.edm import heun_sample
+
+    identity = generator.person_latent("synth000")
+    bs = np.zeros(52, np.float32)
+    bs[17] = 0.7
+    ours = generator.latent(identity, bs, seed=3, steps=3, guidance=1.0)
+    model = generator.model
+    tokens, mask = model.encode(torch.from_numpy(bs)[None], identity[None])
+    direct = heun_sample(lambda x, s: model.model(x, s, tokens, mask), generator.noise(3), 3)[0]
+    assert torch.equal(ours, direct)
+    guided = generator.latent(identity, bs, seed=3, steps=3, guidance=3.0)
+    assert not torch.equal(ours, guided)
+
+
+def test_generation_is_deterministic_and_nearby_expressions_give_nearby_latents(generator):
+    identity = generator.person_latent("synth000")
+    bs = np.zeros(52, np.float32)
+    a = generator.latent(identity, bs, seed=0, steps=3)
+    assert torch.equal(a, generator.latent(identity, bs, seed=0, steps=3))
+    near = bs.copy()
+    near[17] = 0.02
+    far_seed = generator.latent(identity, bs, seed=1, steps=3)
+    assert (generator.latent(identity, near, seed=0, steps=3) - a).norm() < 0.1 * (far_seed - a).norm()
+
+
+def test_tiny_end_to_end_generate_writes_a_valid_ply(diffusion_run, tmp_path, capsys):
+    import open3d as o3d
+
+    from facestudio.cli.main import main
+
+    out = tmp_path / "face.ply"
+    assert main(["generate", "--model", str(diffusion_run), "--person", "synth000", "--preset", "smile",
+                 "--expr", "jawOpen=0.4", "--seed", "0", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["vertices"] > 100 and result["expression"]["jawOpen"] == pytest.approx(0.4)
+    mesh = o3d.io.read_triangle_mesh(str(out))
+    assert len(mesh.vertices) == result["vertices"] and len(mesh.triangles) > 100 and mesh.has_vertex_colors()
+    tri = np.asarray(mesh.triangles)
+    assert tri.max() < len(mesh.vertices)
+
+
+def test_preview_and_final_quality_both_give_meshes(generator):
+    bs = np.zeros(52, np.float32)
+    for quality in ("preview", "final"):
+        v, t, c = generator.generate("synth000", bs, seed=0, quality=quality)
+        assert v.dtype == np.float32 and t.dtype == np.int32 and c.dtype == np.uint8 and len(v) > 100
+    with pytest.raises(ValueError, match="neither a subject"):
+        generator.person_latent("nobody")
+
+
+@pytest.mark.slow
+def test_unseen_neutral_segment_is_encoded_once_and_cached(diffusion_run, tmp_path):
+    from facestudio.generation.generate import Generator
+    from facestudio.models.synthetic_segments import make_synthetic_segments
+
+    new = make_synthetic_segments(tmp_path / "new", 1, None, None, views=6, image_size=64)[0].train
+    gen = Generator(diffusion_run, encode_seconds=5)
+    first = gen.person_latent(new)
+    assert first.shape == gen.data.latents.shape[1:]
+    assert torch.equal(Generator(diffusion_run).person_latent(new), first)   # read back from the cache
+    assert len(gen.generate(new, np.zeros(52, np.float32), quality="preview")[0]) > 0
+
+
+@pytest.mark.slow
+def test_synthetic_library_records_and_fuses_takes(library):
+    from facestudio.generation.synth import build_synthetic_library
+
+    result = build_synthetic_library(library, 1, 2, None, frames_per_take=60)
+    assert result["identities"] == 1 and result["segments"] >= 1
+    assert (library / "takes" / "synth0000" / "virtual").is_dir()
