@@ -27,6 +27,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_json_flag(q)
     q.set_defaults(func=run_bench_reliability)
 
+    q = group(sub, common, "bench").add_parser(
+        "startup", parents=[common], help="seconds from launching the app to its window on screen")
+    q.add_argument("--runs", type=int, default=5, help="measured launches (default 5)")
+    add_json_flag(q)
+    q.set_defaults(func=run_bench_startup)
+
+
+def run_bench_startup(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.bench.startup import bench_startup
+
+    return bench_startup(runs=args.runs)
+
 
 def run_bench_reliability(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.bench.reliability import bench_reliability

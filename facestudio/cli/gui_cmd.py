@@ -18,6 +18,7 @@ def _add_gui_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--screenshots", metavar="DIR",
                    help="save a screenshot of every panel with real content to DIR and exit "
                         "(without --library a temporary library is filled first)")
+    p.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
 
 
 def add_top_level_options(parser: argparse.ArgumentParser) -> None:
@@ -35,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
     from facestudio.gui.app import run_app
 
     return run_app(library=args.library, virtual_device=getattr(args, "virtual_device", False),
-                   face_model=getattr(args, "face_model", None))
+                   face_model=getattr(args, "face_model", None),
+                   startup_probe=getattr(args, "startup_probe", False))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
@@ -34,8 +34,12 @@ def create_window(library: str | None = None, face_model: str | None = None,
 
 
 def run_app(library: str | None = None, virtual_device: bool = False,
-            face_model: str | None = None) -> int:
-    """Open the app; with ``virtual_device`` a virtual iPad starts and appears in the list."""
+            face_model: str | None = None, startup_probe: bool = False) -> int:
+    """Open the app; with ``virtual_device`` a virtual iPad starts and appears in the list.
+
+    ``startup_probe`` (for `facestudio bench startup`) prints "shown" at the window's first
+    paint and "ready" once the deferred start-up work (the 3D viewport) is done, then quits.
+    """
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("FaceStudio")
     app.setOrganizationName("FaceStudio")
@@ -47,4 +51,30 @@ def run_app(library: str | None = None, virtual_device: bool = False,
     window.show()
     if virtual_device:
         QTimer.singleShot(0, window.capture.add_virtual_device)
+    if startup_probe:
+        _probe_startup(app, window)
     return app.exec()
+
+
+class _FirstPaint(QObject):
+    def __init__(self, app: QApplication, window: MainWindow):
+        super().__init__(window)
+        self._app, self._window, self._seen = app, window, False
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Paint and not self._seen:
+            self._seen = True
+            print("shown", flush=True)
+            # Two hops: after the window's own deferred start-up work, which its paintEvent
+            # (running after this filter) queues.
+            QTimer.singleShot(0, lambda: QTimer.singleShot(0, self._ready))
+        return False
+
+    def _ready(self) -> None:
+        print("ready", flush=True)
+        self._window.close()
+        self._app.quit()
+
+
+def _probe_startup(app: QApplication, window: MainWindow) -> None:
+    window.installEventFilter(_FirstPaint(app, window))

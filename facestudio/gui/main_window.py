@@ -95,8 +95,11 @@ class MainWindow(QMainWindow):
         self.nav.setCurrentRow(STEPS.index(name))
 
     # ------------------------------------------------------------------ start-up
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
-        super().showEvent(event)
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """Start the slow start-up work only once the window has been painted: on show, the
+        expose event can arrive after a zero timer, and the viewport's seconds of imports
+        would then keep the window blank."""
+        super().paintEvent(event)
         if not self._started:
             self._started = True
             QTimer.singleShot(0, self._after_show)
