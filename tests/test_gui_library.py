@@ -161,7 +161,7 @@ def test_cancel_and_failure_are_reported(qtbot, window, library):
     qtbot.waitUntil(lambda: panel._fuse_job is None, timeout=20_000)
     assert "cancelled" in panel.banner.text()
     assert not (library / "datasets" / SUBJECT / TAKE).exists()
-    assert panel.fuse_button.isEnabled()
+    qtbot.waitUntil(panel.fuse_button.isEnabled, timeout=10_000)   # after the refresh scan
 
     qtbot.waitUntil(lambda: not panel.is_scanning(), timeout=10_000)
     panel.select(short)
