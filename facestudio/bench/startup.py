@@ -38,7 +38,11 @@ def _times(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
 def bench_startup(runs: int = 5) -> dict[str, Any]:
     display = None
     if not os.environ.get("DISPLAY"):
-        from pyvirtualdisplay import Display   # comes with the test extras (pytest-xvfb)
+        try:
+            from pyvirtualdisplay import Display   # comes with the test extras (pytest-xvfb)
+        except ImportError:
+            raise OSError("no display: run under X (or xvfb-run), or install PyVirtualDisplay "
+                          "and Xvfb") from None
 
         display = Display(visible=False, size=(1600, 1000)).start()
     try:
