@@ -86,12 +86,13 @@ class DiffusionConfig:
 def tiny() -> DiffusionConfig:
     """denoiser.tiny with one residual block per level (~2.8 M parameters): 3D convolutions dominate
     on a CPU and one block per level roughly halves them (measured ~4x fewer ms per call than 2
-    blocks). Guidance 1 (one network call per evaluation), 3 preview / 12 final Heun steps
+    blocks); batch 4, since a batch-16 step took ~1-13 s on 2 shared cores and minutes must buy
+    hundreds of steps. Guidance 1 (one network call per evaluation), 3 preview / 12 final Heun steps
     (5 / 23 calls) aim at the 300 ms / 2 s latency goals on 2 cores."""
     den = denoiser.tiny()
     den.unet.num_blocks = 1
     return DiffusionConfig(preset="tiny", denoiser=den,
-                           train=DiffusionTrainConfig(lr=5e-4, batch_size=16, max_steps=3000),
+                           train=DiffusionTrainConfig(lr=5e-4, batch_size=4, max_steps=3000),
                            sampling=SamplingConfig(preview_steps=3, final_steps=12)).validate()
 
 
