@@ -68,14 +68,14 @@ def window(qtbot, library, monkeypatch):
     qtbot.addWidget(win)
     win.resize(1400, 900)
     win.show()
-    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=90_000)
     win.unseen = unseen
     yield win
     win.close()
 
     def leftovers():
         return [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    qtbot.waitUntil(lambda: not leftovers(), timeout=15_000)
+    qtbot.waitUntil(lambda: not leftovers(), timeout=45_000)
 
 
 def viewport_points(win) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_generate_drag_export_live(qtbot, window, tmp_path):
         slider.setValue(value)
         qtbot.wait(30)
     assert twin.value() == 90                                    # L/R mirroring
-    qtbot.waitUntil(lambda: "preview" in shown, timeout=30_000)   # debounced preview while held
+    qtbot.waitUntil(lambda: "preview" in shown, timeout=90_000)   # debounced preview while held
     slider.setSliderDown(False)                                  # release: final quality
     qtbot.waitUntil(lambda: shown[-1] == "final" and not panel.worker.busy(), timeout=60_000)
     after = viewport_points(win)
@@ -121,7 +121,7 @@ def test_generate_drag_export_live(qtbot, window, tmp_path):
     for suffix in (".ply", ".obj"):
         out = tmp_path / f"face{suffix}"
         panel.export_mesh(out)
-        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=20_000)
+        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
         assert panel.banner.kind() == "success", panel.banner.text()
         mesh = o3d.io.read_triangle_mesh(str(out))
         assert len(mesh.vertices) == len(after) and mesh.has_vertex_colors()

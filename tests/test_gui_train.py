@@ -31,13 +31,13 @@ def window(qtbot, library):
     qtbot.addWidget(win)
     win.resize(1400, 900)
     win.show()
-    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=90_000)
     yield win
     win.close()
 
     def leftovers():
         return [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    qtbot.waitUntil(lambda: not leftovers(), timeout=15_000)
+    qtbot.waitUntil(lambda: not leftovers(), timeout=45_000)
 
 
 def click(qtbot, button) -> None:
@@ -48,7 +48,7 @@ def click(qtbot, button) -> None:
 def open_train(qtbot, win):
     win.show_step("Train")
     panel = win.train_panel
-    qtbot.waitUntil(lambda: panel.runs is not None and not panel.is_reading(), timeout=30_000)
+    qtbot.waitUntil(lambda: panel.runs is not None and not panel.is_reading(), timeout=90_000)
     return panel
 
 
@@ -69,8 +69,8 @@ def test_train_pause_resume_and_reopen(qtbot, window, library):
     qtbot.waitUntil(lambda: len(box.plot.steps) >= 2, timeout=40_000)
     assert "ETA" in box.status.text() and box.progress.value() >= 0
     click(qtbot, box.pause_button)
-    qtbot.waitUntil(lambda: not panel.is_training(), timeout=30_000)
-    qtbot.waitUntil(lambda: not panel.is_reading(), timeout=30_000)
+    qtbot.waitUntil(lambda: not panel.is_training(), timeout=90_000)
+    qtbot.waitUntil(lambda: not panel.is_reading(), timeout=90_000)
 
     assert panel.banner.kind() == "success" and "Paused at step" in panel.banner.text()
     runs = panel.runs["autodecoder"]
@@ -85,7 +85,7 @@ def test_train_pause_resume_and_reopen(qtbot, window, library):
     box.steps_spin.setValue(paused_at + 2)
     click(qtbot, box.resume_button)
     qtbot.waitUntil(lambda: not panel.is_training(), timeout=40_000)
-    qtbot.waitUntil(lambda: not panel.is_reading(), timeout=30_000)
+    qtbot.waitUntil(lambda: not panel.is_reading(), timeout=90_000)
     assert panel.banner.kind() == "success", panel.banner.text()
     assert "Trained to step" in panel.banner.text()
     assert panel.runs["autodecoder"][0].step == paused_at + 2
@@ -125,7 +125,7 @@ def test_runs_survive_reopening_and_errors_show_in_the_banner(qtbot, library):
             shutil.rmtree(seg)
         box.steps_spin.setValue(4)
         click(qtbot, box.resume_button)
-        qtbot.waitUntil(lambda: not panel.is_training(), timeout=30_000)
+        qtbot.waitUntil(lambda: not panel.is_training(), timeout=90_000)
         assert panel.banner.kind() == "error" and "training failed" in panel.banner.text()
         assert box.start_button.isEnabled()
     finally:
