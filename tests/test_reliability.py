@@ -14,7 +14,8 @@ def test_four_devices_at_once_lose_no_frame(tmp_path):
     assert result["errors"] == [] and result["takes_complete"] == 4
     assert result["frames_sent"] >= 4 * 4 * 20          # ~30 fps each, some start-up slack
     assert result["recorded_over_sent"] == 1.0
-    assert result["peak_rss_mb"] < 2000
+    # Bounded memory: recording 4 streams must not accumulate frames in this process.
+    assert result["rss_end_mb"] - result["rss_start_mb"] < 300
 
 
 def test_decoder_fuzz_has_no_failures():

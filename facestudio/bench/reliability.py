@@ -3,7 +3,8 @@
 - **Load:** N virtual devices (separate processes replaying pre-rendered 640x480 frames)
   stream to this process, which records all of them to takes at the same time for S
   seconds. Reported: frames on disk / frames the devices sent (must be 1.0: a recording
-  never drops a frame), device-skipped frames, peak RSS of this process.
+  never drops a frame), device-skipped frames, peak RSS of this process and its resident
+  memory before and after (bounded memory: the end should be close to the start).
 - **Responsiveness:** while recording, the main thread runs a 10 ms periodic tick — what a
   GUI event loop does — and records how late each tick fires (GIL and CPU contention from
   the receiver threads is what would freeze a GUI); p99 and max lateness are reported.
@@ -48,9 +49,19 @@ def _start_devices(count: int, prerender: int) -> list[tuple[subprocess.Popen, i
     return out
 
 
+def _rss_mb() -> float | None:
+    """Current resident memory of this process (Linux /proc; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * resource.getpagesize() / 2**20, 1)
+
+
 def load_run(devices: int = 4, seconds: float = 60.0, fps: float = 30.0, prerender: int = 30,
              library: Path | None = None) -> dict[str, Any]:
     """Record from ``devices`` devices at once; returns counts, RSS and main-thread lateness."""
+    rss_start = _rss_mb()
     started = _start_devices(devices, prerender)
     tmp = tempfile.TemporaryDirectory(prefix="facestudio-reliability-") if library is None else None
     root = Path(tmp.name) if tmp else Path(library)  # type: ignore[arg-type]
@@ -93,6 +104,7 @@ def load_run(devices: int = 4, seconds: float = 60.0, fps: float = 30.0, prerend
         "takes_complete": sum(1 for r in results if r and r["status"] == "complete"),
         "errors": errors,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_start_mb": rss_start, "rss_end_mb": _rss_mb(),
         "tick_lateness_p50_ms": round(float(np.percentile(late_ms, 50)), 2),
         "tick_lateness_p99_ms": round(float(np.percentile(late_ms, 99)), 2),
         "tick_lateness_max_ms": round(float(late_ms.max()), 2),
