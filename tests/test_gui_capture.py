@@ -6,9 +6,10 @@ pre-encoded frames, so the test measures the GUI wiring, not the face renderer.
 
 from __future__ import annotations
 
-import threading
 
 import pytest
+
+from guikit import main_window
 from framegen import make_frame
 
 from facestudio.capture.take import TakeReader
@@ -32,20 +33,8 @@ def replay_source(_seed: int) -> ReplayFrameSource:
 
 @pytest.fixture
 def window(qtbot, library):
-    threads_before = set(threading.enumerate())
-    win = MainWindow(library, interfaces=["127.0.0.1"], virtual_source=replay_source,
-                     detect_compute=False)
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=90_000)
-    yield win
-    win.close()
-    # Every thread the window started (jobs, streams, zeroconf, device servers) has ended,
-    # daemon threads included: none may keep a socket or a take open after the window.
-    def leftovers():
-        return [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    qtbot.waitUntil(lambda: not leftovers(), timeout=20_000)
+    with main_window(qtbot, library, virtual_source=replay_source) as win:
+        yield win
 
 
 def add_virtual_device(qtbot, win: MainWindow):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import socket
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from guikit import main_window
 
 pytestmark = [pytest.mark.gui, pytest.mark.network]
 
@@ -26,7 +27,6 @@ generate_module = pytest.importorskip("facestudio.generation.generate",
 
 from facestudio.capture.livelink import encode_packet  # noqa: E402
 from facestudio.faces.arkit import BLENDSHAPE_INDEX  # noqa: E402
-from facestudio.gui.main_window import MainWindow  # noqa: E402
 from facestudio.gui.model_runs import new_run_dir  # noqa: E402
 
 
@@ -63,19 +63,9 @@ def window(qtbot, library, monkeypatch):
     # Encoding a new person takes up to a minute by default; a few seconds show the same path.
     monkeypatch.setattr(generate_module, "Generator",
                         functools.partial(generate_module.Generator, encode_seconds=3.0))
-    threads_before = set(threading.enumerate())
-    win = MainWindow(library, interfaces=["127.0.0.1"], detect_compute=False)
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=90_000)
-    win.unseen = unseen
-    yield win
-    win.close()
-
-    def leftovers():
-        return [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    qtbot.waitUntil(lambda: not leftovers(), timeout=45_000)
+    with main_window(qtbot, library) as win:
+        win.unseen = unseen
+        yield win
 
 
 def viewport_points(win) -> np.ndarray:

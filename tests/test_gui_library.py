@@ -8,10 +8,11 @@ held expression (neutral holds from 0.6 s to 4.6 s in the virtual script).
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
+
+from guikit import main_window
 
 from facestudio.dataset.evaluate import record_synthetic_take
 from facestudio.paths import take_dir
@@ -34,18 +35,8 @@ def make_take(library: Path, take: str = TAKE, frames: int = 40) -> Path:
 
 @pytest.fixture
 def window(qtbot, library):
-    threads_before = set(threading.enumerate())
-    win = MainWindow(library, interfaces=["127.0.0.1"], detect_compute=False)
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=90_000)
-    yield win
-    win.close()
-    # Fusion, catalog reads and exports all ran as jobs: none may outlive the window.
-    def leftovers():
-        return [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    qtbot.waitUntil(lambda: not leftovers(), timeout=90_000)
+    with main_window(qtbot, library) as win:
+        yield win
 
 
 def open_library(qtbot, win: MainWindow) -> library_panel.LibraryPanel:

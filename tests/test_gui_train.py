@@ -8,10 +8,11 @@ preset does ~1 step/s on one core, so every run here is a handful of steps.
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
+
+from guikit import main_window
 
 pytestmark = [pytest.mark.gui]
 
@@ -26,18 +27,8 @@ from facestudio.models.synthetic_segments import make_synthetic_segments  # noqa
 @pytest.fixture
 def window(qtbot, library):
     make_synthetic_segments(library / "datasets", 3, views=8, heldout_views=0, image_size=64)
-    threads_before = set(threading.enumerate())
-    win = MainWindow(library, interfaces=["127.0.0.1"], detect_compute=False)
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitUntil(lambda: win.viewport.plotter is not None, timeout=90_000)
-    yield win
-    win.close()
-
-    def leftovers():
-        return [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    qtbot.waitUntil(lambda: not leftovers(), timeout=45_000)
+    with main_window(qtbot, library) as win:
+        yield win
 
 
 def click(qtbot, button) -> None:
