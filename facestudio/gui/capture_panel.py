@@ -29,6 +29,7 @@ from facestudio.capture.recorder import RecordRequest, record_take
 from facestudio.capture.prompts import HEAD_MOTION_HINT, PROMPTS
 from facestudio.gui.imaging import backproject, bgr_to_qimage, colorize_depth
 from facestudio.gui.recording import next_take_name
+from facestudio.gui.pages import Banner
 from facestudio.gui.viewport import Viewport
 from facestudio.gui.workers import Job, Jobs
 from facestudio.paths import face_model_for, take_dir
@@ -123,11 +124,7 @@ class CapturePanel(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
-        self.banner = QLabel()
-        self.banner.setObjectName("banner")
-        self.banner.setWordWrap(True)
-        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.banner.hide()
+        self.banner = Banner()
 
         devices = QGroupBox("Devices")
         self.device_list = QListWidget()
@@ -235,11 +232,7 @@ class CapturePanel(QWidget):
     # ------------------------------------------------------------------ messages
     def show_message(self, text: str, kind: str = "info") -> None:
         """An inline banner (info / success / error): non-blocking news such as a saved take."""
-        self.banner.setProperty("kind", kind)
-        self.banner.setText(text)
-        self.banner.style().unpolish(self.banner)
-        self.banner.style().polish(self.banner)
-        self.banner.show()
+        self.banner.show_message(text, kind)
 
     # ------------------------------------------------------------------ discovery
     def start_discovery(self) -> None:

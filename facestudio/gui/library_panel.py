@@ -27,6 +27,7 @@ from facestudio.gui.library_details import (labels_text, segment_html, segment_s
                                             take_html, take_status)
 from facestudio.gui.library_scan import THUMB_SIZE, models_by_segment, scan_library
 from facestudio.gui.mesh_layer import MeshLayer, read_mesh
+from facestudio.gui.pages import Banner
 from facestudio.gui.viewport import Viewport
 from facestudio.gui.workers import Job, Jobs
 
@@ -72,11 +73,7 @@ class LibraryPanel(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
-        self.banner = QLabel()
-        self.banner.setObjectName("banner")
-        self.banner.setWordWrap(True)
-        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.banner.hide()
+        self.banner = Banner()
 
         title = QLabel("Library")
         title.setObjectName("pageTitle")
@@ -247,11 +244,7 @@ class LibraryPanel(QWidget):
     # ------------------------------------------------------------------ messages
     def show_message(self, text: str, kind: str = "info") -> None:
         """An inline banner (info / success / error); errors also go to the status bar."""
-        self.banner.setProperty("kind", kind)
-        self.banner.setText(text)
-        self.banner.style().unpolish(self.banner)
-        self.banner.style().polish(self.banner)
-        self.banner.show()
+        self.banner.show_message(text, kind)
         self.notice.emit(text)
 
     # ------------------------------------------------------------------ visibility
