@@ -69,11 +69,18 @@ def run_screenshot_tour(out_dir: str | Path, library: str | None = None,
             _wait(lambda: window.viewport.plotter is not None)
             capture = window.capture
             capture.add_virtual_device()
-            _wait(lambda: bool(capture._virtual) and bool(capture._devices))
-            device = next(iter(capture._virtual.values()))
-            listed = next(d for d in capture._devices if d.device_id == device.info.device_id)
-            capture.connect_with_pin(listed, device.pin)
-            _wait(lambda: capture._client is not None and capture._client.stats.frames > 20)
+
+            def listed():
+                ids = {d.info.device_id for d in capture._virtual.values()}
+                return next((d for d in capture._devices if d.device_id in ids), None)
+            _wait(lambda: listed() is not None, timeout_s=120)
+            device = listed()
+            if device is None:
+                raise RuntimeError("the virtual device did not appear in the device list within "
+                                   f"120 s: {capture.banner.text()}")
+            capture.connect_with_pin(device, capture._virtual[device.device_id].pin)
+            _wait(lambda: capture._client is not None and capture._client.stats.frames > 20,
+                  timeout_s=120)
             _wait(lambda: False, timeout_s=1.0)      # let the previews and point cloud update
             return save_screenshots(window, out_dir)
         finally:
