@@ -29,6 +29,18 @@ def library_root(explicit: str | os.PathLike | None = None) -> Path:
     return root
 
 
+def resources_dir() -> Path:
+    """The app's resources/ folder (icons, stylesheet, expression presets).
+
+    It sits at the top of a source checkout (and of a PyInstaller bundle), while a wheel
+    installs it inside the package as ``facestudio/resources`` (pyproject's package-dir
+    mapping), so look inside the package first.
+    """
+    package = Path(__file__).resolve().parent
+    installed = package / "resources"
+    return installed if installed.is_dir() else package.parent / "resources"
+
+
 def log_dir() -> Path:
     path = Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
     path.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from facestudio.faces.arkit import BLENDSHAPE_INDEX, BLENDSHAPE_NAMES, NUM_BLENDSHAPES
+from facestudio.paths import resources_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "presets" / "expressions"
+PRESETS_DIR = resources_dir() / "presets" / "expressions"
 
 
 def _unknown(name: str) -> ValueError:

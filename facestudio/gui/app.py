@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtGui import QIcon
@@ -11,17 +10,17 @@ from PySide6.QtWidgets import QApplication
 
 from facestudio.gui.capture_panel import synthetic_source
 from facestudio.gui.main_window import MainWindow
-from facestudio.paths import library_root
+from facestudio.paths import library_root, resources_dir
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 
 
 def apply_look(app: QApplication) -> None:
     """App icon and stylesheet from resources/ (missing files only cost the looks)."""
-    icon = RESOURCES / "facestudio.svg"
+    resources = resources_dir()
+    icon = resources / "facestudio.svg"
     if icon.is_file():
         app.setWindowIcon(QIcon(str(icon)))
-    style = RESOURCES / "facestudio.qss"
+    style = resources / "facestudio.qss"
     if style.is_file():
         app.setStyleSheet(style.read_text(encoding="utf-8"))
 
