@@ -11,7 +11,12 @@ from facestudio.paths import log_dir
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def setup_logging(verbosity: int = 0, log_file: Path | None = None) -> Path | None:
+def log_file() -> Path:
+    """Where the app and every command log (the GUI's log viewer reads it)."""
+    return log_dir() / "facestudio.log"
+
+
+def setup_logging(verbosity: int = 0, log_path: Path | None = None) -> Path | None:
     """Log everything >= INFO to a rotating file; the console shows WARNING, -v INFO, -vv DEBUG.
 
     Returns the log file path, or None when the log folder is not writable (the app still runs).
@@ -27,7 +32,7 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None) -> Path | No
     console._facestudio = True  # type: ignore[attr-defined]
     root.addHandler(console)
     try:
-        path = log_file or log_dir() / "facestudio.log"
+        path = log_path or log_file()
         handler = logging.handlers.RotatingFileHandler(path, maxBytes=5_000_000, backupCount=3,
                                                        encoding="utf-8")
     except OSError as exc:

@@ -1,7 +1,8 @@
 """Where FaceStudio keeps user data: one library folder holding takes, datasets, models, exports.
 
-Resolution order: an explicit ``--library DIR`` > ``$FACESTUDIO_HOME`` > the platform's user
-data dir. Tests always pass a temporary folder, so they never touch a real library.
+Resolution order: an explicit ``--library DIR`` > ``$FACESTUDIO_HOME`` > the library folder in
+the settings (:mod:`facestudio.settings`) > the platform's user data dir. Tests always pass a
+temporary folder, so they never touch a real library.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
 def library_root(explicit: str | os.PathLike | None = None) -> Path:
     """The library folder (created on first use)."""
+    from facestudio.settings import current_settings   # settings use APP_NAME from here
+
     if explicit:
         root = Path(explicit)
     elif os.environ.get("FACESTUDIO_HOME"):
         root = Path(os.environ["FACESTUDIO_HOME"])
+    elif saved := current_settings().library:
+        root = Path(saved)
     else:
         root = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
     root = root.expanduser().resolve()

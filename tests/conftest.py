@@ -18,8 +18,9 @@ ICT_MODEL = SHARED_DATA / "ict_facekit.npz"
 
 @pytest.fixture(autouse=True)
 def _isolated_library(tmp_path, monkeypatch):
-    """No test may touch a real user library or log folder."""
+    """No test may touch a real user library, settings file or log folder."""
     monkeypatch.setenv("FACESTUDIO_HOME", str(tmp_path / "library"))
+    monkeypatch.setenv("FACESTUDIO_CONFIG", str(tmp_path / "config" / "settings.toml"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     yield

@@ -32,7 +32,8 @@ def command_groups() -> list:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--library", metavar="DIR", default=argparse.SUPPRESS,
-                        help="library folder (default: $FACESTUDIO_HOME or the user data folder)")
+                        help="library folder (default: $FACESTUDIO_HOME, else the one in `facestudio settings`, "
+                             "else the user data folder)")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="log to the console (-v info, -vv debug)")
     parser = argparse.ArgumentParser(

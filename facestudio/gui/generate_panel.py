@@ -38,6 +38,7 @@ from facestudio.gui.model_runs import Person, RunInfo
 from facestudio.gui.pages import Banner, hint, page_title
 from facestudio.gui.viewport import Viewport
 from facestudio.gui.workers import Job, Jobs
+from facestudio.settings import current_settings
 
 DEBOUNCE_MS = 100
 MESH_FILTER = "PLY mesh (*.ply);;OBJ mesh (*.obj);;STL mesh (*.stl);;glTF binary (*.glb)"
@@ -305,7 +306,7 @@ class GeneratePanel(QWidget):
 
             torch.set_num_threads(gui_threads())
             with self._lock:
-                generator = Generator(path, str(resolve_device("auto")))
+                generator = Generator(path, str(resolve_device(current_settings().device)))
             return generator, people(library, [str(p) for p in generator.autodecoder.segment_paths])
 
         self.generator, self.person, self.result = None, None, None

@@ -11,11 +11,12 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMainWindow,
                                QProgressBar, QSplitter, QStackedWidget, QWidget)
 
 from facestudio.gui.capture_panel import CapturePanel, SourceFactory
+from facestudio.gui.dialogs import LogViewer, SettingsDialog, show_about
 from facestudio.gui.library_panel import LibraryPanel
 from facestudio.gui.train_panel import TrainPanel
 from facestudio.gui.generate_panel import GeneratePanel
@@ -90,6 +91,40 @@ class MainWindow(QMainWindow):
         for panel in (self.library_panel, self.train_panel, self.generate_panel):
             panel.notice.connect(self._notice)
         self.library_panel.capture_requested.connect(lambda: self.show_step("Capture"))
+        self._build_menu()
+
+    def _build_menu(self) -> None:
+        def action(menu, text: str, slot, shortcut: QKeySequence | QKeySequence.StandardKey | None = None) -> QAction:
+            act = QAction(text, self)
+            if shortcut is not None:
+                act.setShortcut(shortcut)
+            act.triggered.connect(slot)
+            menu.addAction(act)
+            return act
+
+        app_menu = self.menuBar().addMenu("&FaceStudio")
+        self.settings_action = action(app_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
+        app_menu.addSeparator()
+        action(app_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        help_menu = self.menuBar().addMenu("&Help")
+        self.log_action = action(help_menu, "Show &log", self.open_log)
+        self.about_action = action(help_menu, "&About FaceStudio", lambda: show_about(self.library, self))
+
+    def open_settings(self) -> SettingsDialog:
+        """Non-modal so a running capture or training keeps updating; saved values reach the panels."""
+        dialog = SettingsDialog(self.library, self)
+        dialog.accepted.connect(self._settings_saved)
+        dialog.open()
+        return dialog
+
+    def _settings_saved(self) -> None:
+        self.train_panel.apply_settings()   # the Generate page reads the device when it loads a model
+        self._notice("Settings saved")
+
+    def open_log(self) -> LogViewer:
+        viewer = LogViewer(self)
+        viewer.show()
+        return viewer
 
     def show_step(self, name: str) -> None:
         self.nav.setCurrentRow(STEPS.index(name))

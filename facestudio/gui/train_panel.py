@@ -30,6 +30,7 @@ from facestudio.gui.loss_plot import LossPlot
 from facestudio.gui.model_runs import RunInfo, gui_threads, new_run_dir
 from facestudio.gui.pages import Banner, hint, page_title
 from facestudio.gui.workers import Job, Jobs
+from facestudio.settings import current_settings, with_settings_vgg19
 
 TITLES = {"autodecoder": "1 · Autodecoder", "diffusion": "2 · Diffusion model"}
 PURPOSE = {
@@ -151,6 +152,7 @@ class TrainPanel(QWidget):
         self._paused: dict[str, str | None] = {"autodecoder": None, "diffusion": None}
         self._select_after_read: dict[str, str] = {}
         self._closed = False
+        self._preferred_device = current_settings().device
 
         self.banner = Banner()
         self.stages = {kind: StageBox(kind) for kind in ("autodecoder", "diffusion")}
@@ -214,6 +216,12 @@ class TrainPanel(QWidget):
         self._read_job = self.jobs.start("read training runs", read, on_success=self._read,
                                          on_error=self._read_failed)
 
+    def apply_settings(self) -> None:
+        """The compute device saved in Settings becomes each stage's choice."""
+        self._preferred_device = current_settings().device
+        for box in self.stages.values():
+            box.device_combo.setCurrentText(self._preferred_device)
+
     def is_reading(self) -> bool:
         return self._read_job is not None
 
@@ -226,7 +234,7 @@ class TrainPanel(QWidget):
                 current = box.device_combo.currentText()
                 box.device_combo.clear()
                 box.device_combo.addItems(result["devices"])
-                box.device_combo.setCurrentText(current)
+                box.device_combo.setCurrentText(self._preferred_device if first else current)
             self._fill_runs(kind, self._select_after_read.pop(kind, None))
             if first:
                 self._preset_changed(kind)
@@ -362,7 +370,7 @@ class TrainPanel(QWidget):
                 if not segments:
                     raise ValueError("there are no fused segments to train on: record takes and fuse "
                                      "them in the Library first")
-                config = load_config(preset)
+                config = with_settings_vgg19(load_config(preset))
                 config.train.num_threads = gui_threads()
                 return _train(job, kind, run_dir, dict(segments=segments, config=config, device=device,
                                                        max_steps=steps, resume=False))
