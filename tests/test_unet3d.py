@@ -24,11 +24,11 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def micro(channels: int = 2) -> DenoiserConfig:
+def micro(channels: int = 2, identity_volume: bool = False) -> DenoiserConfig:
     return DenoiserConfig(
         UNet3DConfig(in_channels=channels, model_channels=16, num_blocks=1, attention_resolutions=[4],
                      head_channels=16, context_dim=32),
-        ConditioningConfig(expression_hidden=32, identity_channels=16))
+        ConditioningConfig(expression_hidden=32, identity_channels=16, identity_volume=identity_volume))
 
 
 def randomize_zero_init(module: torch.nn.Module) -> torch.nn.Module:
@@ -57,11 +57,15 @@ def test_tiny_shapes():
     cfg = tiny()
     model = ConditionalDenoiser(cfg)
     x, bs, ident = inputs(cfg, 2)
-    tokens, mask = model.encode(bs, ident)
+    tokens, mask, volume = model.encode(bs, ident)
     assert tokens.shape == (2, 9 + 64, 128) and mask.shape == (2, 73) and mask.dtype == torch.bool
+    assert volume.shape == (2, 64 + 1, 8, 8, 8) and torch.equal(volume[:, :64], ident) and (volume[:, 64] == 1).all()
     out = model(x, torch.tensor([0.3, 4.0]), bs, ident)
     assert out.shape == x.shape == (2, 64, 8, 8, 8)
-    assert model.model.net(x, torch.zeros(2)).shape == x.shape           # no context: null token only
+    # No tokens: the null token only; the condition volume is required.
+    assert model.model.net(x, torch.zeros(2), volume=volume).shape == x.shape
+    with pytest.raises(ValueError, match="65-channel condition volume"):
+        model.model.net(x, torch.zeros(2))
     assert sum(p.numel() for p in model.parameters()) < 5e6
 
 
@@ -69,7 +73,7 @@ def test_paper_sized_forward():
     cfg = paper()
     model = ConditionalDenoiser(cfg).eval()
     unet = model.model.net
-    assert unet.conv_in.weight.shape == (192, 256, 3, 3, 3)
+    assert unet.conv_in.weight.shape == (192, 256 + 257, 3, 3, 3)                      # latent + identity volume
     assert unet.mid[0].res.conv1.weight.shape == (384, 384, 3, 3, 3)                  # 4^3 level: 2 x 192
     assert sum(isinstance(m, Block) for m in unet.down) == 6                            # 3 blocks x 2 levels
     assert unet.down[0].attn is not None and unet.down[-1].attn is not None           # attention at 8^3 and 4^3
@@ -103,8 +107,9 @@ def test_cross_attention_ignores_masked_tokens():
         assert torch.allclose(empty, unet(x, c_noise), atol=1e-5)   # other SDPA path: rounding only
 
 
-def test_dropping_a_condition_removes_its_influence():
-    cfg = micro()
+@pytest.mark.parametrize("identity_volume", [False, True])
+def test_dropping_a_condition_removes_its_influence(identity_volume):
+    cfg = micro(identity_volume=identity_volume)
     model = randomize_zero_init(ConditionalDenoiser(cfg)).eval()
     x, bs, ident = inputs(cfg, 2)
     _, bs2, ident2 = inputs(cfg, 2, seed=5)

@@ -41,6 +41,7 @@ class ConditioningConfig:
     expression_hidden: int = 128        # hidden width of each region's MLP
     identity_channels: int = 64         # width of the identity conv net
     identity_patch: int = 2             # 8^3 latent / 2^3 patches = 4^3 = 64 identity tokens
+    identity_volume: bool = False       # also feed the neutral latent as input channels (presets: on)
 
     def validate(self) -> "ConditioningConfig":
         if self.expression_hidden < 1 or self.identity_channels < 1:
@@ -112,6 +113,22 @@ class IdentityEncoder(nn.Module):
     def forward(self, latent: torch.Tensor, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.norm(self.net(latent).flatten(2).transpose(1, 2) + self.pos)
         return tokens, _mask(tokens, drop)
+
+
+def identity_volume(latent: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    """The neutral latent as U-Net input channels (C + 1, R, R, R): the latent, zeroed when dropped,
+    plus a presence channel - zeros alone would be a real (if odd) latent, not "no identity".
+
+    Why both this and the identity tokens: an expression changes a face locally, so most of each
+    voxel of the result is the same voxel of the neutral latent. Concatenated channels give every
+    voxel its own neutral value directly, as image-conditioned diffusion models do; the tokens
+    still let a voxel read the rest of the face (symmetry, the jaw moving the chin).
+    """
+    b = latent.shape[0]
+    present = torch.ones(b, dtype=latent.dtype, device=latent.device) if drop is None else \
+        (~drop.to(latent.device)).to(latent.dtype)
+    present = present.view(b, 1, 1, 1, 1)
+    return torch.cat([latent * present, present.expand(b, 1, *latent.shape[2:])], dim=1)
 
 
 @dataclass

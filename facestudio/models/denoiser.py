@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facestudio.models.conditioning import ConditioningConfig, ExpressionEncoder, IdentityEncoder
+from facestudio.models.conditioning import ConditioningConfig, ExpressionEncoder, IdentityEncoder, identity_volume
 from facestudio.models.edm import SIGMA_DATA, EDMPrecond, cfg_combine, edm_loss, heun_sample
 from facestudio.models.unet3d import UNet3D, UNet3DConfig
 
@@ -35,8 +35,10 @@ class DenoiserConfig:
 
 
 def tiny(latent_channels: int = 64) -> DenoiserConfig:
-    """CPU-sized (~3.5 M parameters): base 32, 2 blocks per level, attention at 8^3 and 4^3, 128-d tokens."""
-    return DenoiserConfig(unet=UNet3DConfig(in_channels=latent_channels)).validate()
+    """CPU-sized (~3.5 M parameters): base 32, 2 blocks per level, attention at 8^3 and 4^3, 128-d
+    tokens; the neutral latent also enters as input channels (conditioning.identity_volume)."""
+    return DenoiserConfig(unet=UNet3DConfig(in_channels=latent_channels),
+                          conditioning=ConditioningConfig(identity_volume=True)).validate()
 
 
 def paper(latent_channels: int = 256) -> DenoiserConfig:
@@ -44,7 +46,8 @@ def paper(latent_channels: int = 256) -> DenoiserConfig:
     return DenoiserConfig(
         unet=UNet3DConfig(in_channels=latent_channels, model_channels=192, num_blocks=3, head_channels=64,
                           context_dim=512, dropout=0.1),
-        conditioning=ConditioningConfig(expression_hidden=512, identity_channels=256)).validate()
+        conditioning=ConditioningConfig(expression_hidden=512, identity_channels=256,
+                                        identity_volume=True)).validate()
 
 
 class ConditionalDenoiser(nn.Module):
@@ -56,7 +59,7 @@ class ConditionalDenoiser(nn.Module):
         self.expression = ExpressionEncoder(u.context_dim, c.expression_hidden)
         self.identity = IdentityEncoder(u.in_channels, u.context_dim, c.identity_channels, c.identity_patch,
                                         u.resolution)
-        self.model = EDMPrecond(UNet3D(u), cfg.sigma_data)
+        self.model = EDMPrecond(UNet3D(u, u.in_channels + 1 if c.identity_volume else 0), cfg.sigma_data)
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -65,11 +68,15 @@ class ConditionalDenoiser(nn.Module):
 
     def encode(self, blendshapes: torch.Tensor, identity_latent: torch.Tensor,
                drop_expression: torch.Tensor | None = None, drop_identity: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Concatenated (tokens (B, 9 + 64, D), mask (B, 9 + 64)); drops clear the mask only."""
+               ) -> tuple[torch.Tensor, ...]:
+        """The U-Net's conditions: tokens (B, 9 + 64, D), their mask (B, 9 + 64) - drops clear the
+        mask only - and, with ``identity_volume``, the neutral latent as input channels."""
         te, me = self.expression(blendshapes, drop_expression)
         ti, mi = self.identity(identity_latent, drop_identity)
-        return torch.cat([te, ti], dim=1), torch.cat([me, mi], dim=1)
+        cond = (torch.cat([te, ti], dim=1), torch.cat([me, mi], dim=1))
+        if self.cfg.conditioning.identity_volume:
+            cond += (identity_volume(identity_latent, drop_identity),)
+        return cond
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, blendshapes: torch.Tensor,
                 identity_latent: torch.Tensor, drop_expression: torch.Tensor | None = None,
@@ -102,16 +109,16 @@ class ConditionalDenoiser(nn.Module):
             noise = torch.randn((b, *self.latent_shape), generator=generator,
                                 device=generator.device if generator is not None else device)
         noise = noise.to(device=device, dtype=identity_latent.dtype)
-        tokens, mask = self.encode(blendshapes, identity_latent)
+        cond = self.encode(blendshapes, identity_latent)
         if guidance == 1.0:
-            return heun_sample(lambda x, s: self.model(x, s, tokens, mask), noise, num_steps,
+            return heun_sample(lambda x, s: self.model(x, s, *cond), noise, num_steps,
                                generator=generator, **sampler)
         drop_e = torch.ones(b, dtype=torch.bool, device=device)
-        _, mask_u = self.encode(blendshapes, identity_latent, drop_e, drop_e if guide_identity else ~drop_e)
-        tokens2, mask2 = torch.cat([tokens, tokens]), torch.cat([mask, mask_u])
+        uncond = self.encode(blendshapes, identity_latent, drop_e, drop_e if guide_identity else ~drop_e)
+        both = [torch.cat(pair) for pair in zip(cond, uncond)]
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            d_cond, d_uncond = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), tokens2, mask2).chunk(2)
+            d_cond, d_uncond = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), *both).chunk(2)
             return cfg_combine(d_cond, d_uncond, guidance)
 
         return heun_sample(denoise, noise, num_steps, generator=generator, **sampler)

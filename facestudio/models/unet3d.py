@@ -172,21 +172,23 @@ class Upsample(nn.Sequential):
 
 
 class UNet3D(nn.Module):
-    """F(x, c_noise, context, mask) -> same shape as x (B, in_channels, R, R, R).
+    """F(x, c_noise, context, mask, volume) -> same shape as x (B, in_channels, R, R, R).
 
     ``context`` (B, T, context_dim) with ``mask`` (B, T) bool (True = present); either may be
     None (no tokens / all present). The learned null token is prepended to every context.
+    ``volume`` (B, volume_channels, R, R, R) is a spatially aligned condition concatenated to
+    the input (after EDM's c_in scaling, which applies to the noisy latent only).
     """
 
-    def __init__(self, cfg: UNet3DConfig) -> None:
+    def __init__(self, cfg: UNet3DConfig, volume_channels: int = 0) -> None:
         super().__init__()
         cfg.validate()
-        self.cfg = cfg
+        self.cfg, self.volume_channels = cfg, volume_channels
         c0, emb_dim = cfg.model_channels, 4 * cfg.model_channels
         self.fourier = FourierEmbedding(c0)
         self.map_noise = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.null_token = nn.Parameter(torch.randn(1, 1, cfg.context_dim) * 0.02)
-        self.conv_in = nn.Conv3d(cfg.in_channels, c0, 3, padding=1)
+        self.conv_in = nn.Conv3d(cfg.in_channels + volume_channels, c0, 3, padding=1)
 
         ch, skips = c0, [c0]
         self.down = nn.ModuleList()
@@ -212,7 +214,7 @@ class UNet3D(nn.Module):
         self.conv_out = _zero(nn.Conv3d(ch, cfg.in_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, volume: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         emb = self.map_noise(self.fourier(c_noise.expand(b)).to(x.dtype))
         null = self.null_token.to(x.dtype).expand(b, 1, -1)
@@ -223,6 +225,10 @@ class UNet3D(nn.Module):
         context = torch.cat([null, context], dim=1)
         mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)
 
+        if self.volume_channels:
+            if volume is None or volume.shape[1] != self.volume_channels:
+                raise ValueError(f"this U-Net needs a {self.volume_channels}-channel condition volume")
+            x = torch.cat([x, volume.to(x.dtype)], dim=1)
         h = self.conv_in(x)
         skips = [h]
         for m in self.down:
