@@ -13,6 +13,8 @@ from pathlib import Path
 
 import platformdirs
 
+from facestudio.storage import writing
+
 APP_NAME = "FaceStudio"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
@@ -30,7 +32,8 @@ def library_root(explicit: str | os.PathLike | None = None) -> Path:
     else:
         root = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
     root = root.expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    with writing(root):
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -30,10 +31,9 @@ import numpy as np
 from facestudio.capture.frame import DEPTH_CODECS, DEPTH_DTYPES, EncodedDepth, Frame, Intrinsics
 from facestudio.faces.arkit import NUM_BLENDSHAPES
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, so recover_take cannot detect a live recorder there.
-    fcntl = None  # type: ignore[assignment]
+from facestudio.storage import try_lock, writing
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "facestudio-take"
 FORMAT_VERSION = 1
@@ -91,11 +91,16 @@ def _fsync_dir(path: Path) -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` so that readers and crashes see either the old or the new bytes."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with writing(path):
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)   # e.g. a full disk: leave no partial .tmp behind
+        raise
     _fsync_dir(path.parent)
 
 
@@ -110,14 +115,10 @@ def _summary(count: int, first: int | None, last: int | None,
 
 
 def _try_lock(fileobj: Any) -> bool:
-    """Take the recorder's exclusive lock on frames.jsonl; False if another holder has it."""
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fileobj.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
+    """Take the recorder's exclusive lock on frames.jsonl; False if another holder has it
+    (True where locks are unavailable, e.g. Windows: recover_take cannot detect a live
+    recorder there)."""
+    return try_lock(fileobj.fileno()) is not False
 
 
 def _read_manifest(take: Path) -> dict[str, Any]:
@@ -173,13 +174,18 @@ class TakeWriter:
                                           "status": "recording", "created": _iso(time.time()),
                                           **fields}
         manifest_bytes = _dumps(self._manifest, indent=2).encode()  # fail before touching disk
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "color").mkdir()
-        self._dirs = {"color"}
-        # frames.jsonl exists before the manifest, so a manifest always has a frames file.
-        self._jsonl = open(self.path / FRAMES, "ab", buffering=0)
-        _try_lock(self._jsonl)
-        _atomic_write(self.path / MANIFEST, manifest_bytes)
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "color").mkdir()
+            self._dirs = {"color"}
+            # frames.jsonl exists before the manifest, so a manifest always has a frames file.
+            self._jsonl = open(self.path / FRAMES, "ab", buffering=0)
+            try:
+                _try_lock(self._jsonl)
+                _atomic_write(self.path / MANIFEST, manifest_bytes)
+            except BaseException:
+                self._jsonl.close()
+                raise
         self._jsonl_size = 0
         self._count = 0
         self._first: int | None = None
@@ -200,8 +206,15 @@ class TakeWriter:
             return
         if exc is None:
             self.close()
-        else:
+            return
+        try:
             self.close("incomplete", message=f"recording failed: {type(exc).__name__}: {exc}")
+        except OSError as close_error:
+            # A full disk cannot take the final manifest either: keep the error that
+            # explains why recording stopped; the take stays "recording" until
+            # `facestudio take recover` closes it (its frames are all readable).
+            log.error("could not close take %s after %s: %s", self.path, type(exc).__name__,
+                      close_error)
 
     def append(self, frame: Frame, received: float | None = None) -> None:
         """Store one frame; ``received`` is the desktop's receive time (Unix seconds).
@@ -278,14 +291,15 @@ class TakeWriter:
                     (self.path / folder).mkdir(exist_ok=True)
                     self._dirs.add(folder)
                 written.append(self.path / rel)
-                with open(written[-1], "wb") as f:
+                with writing(written[-1]), open(written[-1], "wb") as f:
                     f.write(data)
             # The line goes last: its presence promises that all the frame's files are whole.
             view = memoryview(line)
-            while view:  # unbuffered: write() may take only part of the line
-                view = view[self._jsonl.write(view):]
+            with writing(self.path / FRAMES):
+                while view:  # unbuffered: write() may take only part of the line
+                    view = view[self._jsonl.write(view):]
         except OSError:
-            # E.g. disk full: undo this frame so the take stays consistent for close().
+            # E.g. disk full (a StorageError): undo this frame so the take stays consistent.
             os.ftruncate(self._jsonl.fileno(), self._jsonl_size)
             for path in written:
                 path.unlink(missing_ok=True)
@@ -320,11 +334,12 @@ class TakeWriter:
                 raise ValueError(f"attachment {name}: array {key!r} must be numeric, not object")
             clean[key] = arr
         folder = self.path / ATTACHMENTS
-        folder.mkdir(exist_ok=True)
         buf = io.BytesIO()
         np.savez(buf, **clean)
         target = folder / f"{name}.npz"
-        _atomic_write(target, buf.getvalue())
+        with writing(target):
+            folder.mkdir(exist_ok=True)
+            _atomic_write(target, buf.getvalue())
         return target
 
     def close(self, status: str = "complete", message: str | None = None,
@@ -344,22 +359,23 @@ class TakeWriter:
             raise ValueError(f"close extra may not set {', '.join(clash)}")
         self._closed = True
         try:
-            os.fsync(self._jsonl.fileno())
-            for folder in sorted(self._dirs):
-                with os.scandir(self.path / folder) as it:
-                    for entry in it:
-                        fd = os.open(entry.path, os.O_RDWR)
-                        try:
-                            os.fsync(fd)
-                        finally:
-                            os.close(fd)
-                _fsync_dir(self.path / folder)
-            _fsync_dir(self.path)
-            self._manifest.update(extra)
-            self._manifest.update(status=status, closed=_iso(time.time()), message=message,
-                                  **_summary(self._count, self._first, self._last,
-                                             self._t_first, self._t_last))
-            _atomic_write(self.path / MANIFEST, _dumps(self._manifest, indent=2).encode())
+            with writing(self.path):
+                os.fsync(self._jsonl.fileno())
+                for folder in sorted(self._dirs):
+                    with os.scandir(self.path / folder) as it:
+                        for entry in it:
+                            fd = os.open(entry.path, os.O_RDWR)
+                            try:
+                                os.fsync(fd)
+                            finally:
+                                os.close(fd)
+                    _fsync_dir(self.path / folder)
+                _fsync_dir(self.path)
+                self._manifest.update(extra)
+                self._manifest.update(status=status, closed=_iso(time.time()), message=message,
+                                      **_summary(self._count, self._first, self._last,
+                                                 self._t_first, self._t_last))
+                _atomic_write(self.path / MANIFEST, _dumps(self._manifest, indent=2).encode())
         finally:
             self._jsonl.close()  # also releases the recorder lock
         return dict(self._manifest)

@@ -154,11 +154,13 @@ def run_capture(args: argparse.Namespace) -> dict[str, Any]:
                   f"  {p['bandwidth_mbps']:.1f} Mbit/s  skipped {p['device_skipped']}", end="",
                   file=sys.stderr, flush=True)
 
-    with DeviceClient(host, port, args.pin) as client:
-        client.connect()
-        result = record_take(client, path, request, stop=stop, progress=progress, fps=args.fps)
-    if not args.json:
-        print(file=sys.stderr)
+    try:
+        with DeviceClient(host, port, args.pin) as client:
+            client.connect()
+            result = record_take(client, path, request, stop=stop, progress=progress, fps=args.fps)
+    finally:
+        if not args.json:
+            print(file=sys.stderr)   # end the progress line, also before an error message
     Catalog(root).index_take(args.subject, args.take)
     return result
 

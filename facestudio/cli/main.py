@@ -2,12 +2,14 @@
 
 Commands return a plain dict summarising what they did; with ``--json`` it is printed as one
 JSON object (for scripts and tests), otherwise as readable lines. Expected failures (bad
-input, a device that refuses or vanishes) print one clear ``error:`` line and exit 2.
+input, a device that refuses or vanishes, a full or read-only disk) print one clear ``error:``
+line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from facestudio.capture.protocol import ProtocolError
     from facestudio.capture.receiver import DeviceError
     from facestudio.logs import setup_logging
+    from facestudio.storage import DISK_FULL, storage_error
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, OSError, DeviceError, PairingError, ProtocolError) as exc:
         log.debug("command failed", exc_info=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL | {errno.EROFS}:
+            exc = storage_error(exc)   # said plainly, from any command (EACCES may be a read)
         message = str(exc) or type(exc).__name__
         if want_json:
             print(json.dumps({"ok": False, "error": message}))

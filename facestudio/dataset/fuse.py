@@ -8,7 +8,8 @@ integrates the frame into its segment's TSDF and, for the chosen frames, writes 
 view. When a segment's last frame has passed, its mesh is extracted and its segment.json
 written. Output goes to a staging folder outside the datasets tree first and replaces the
 take's previous dataset folder by rename only when everything is written, so a crash or a
-cancel never leaves a half-written segment where readers look.
+cancel never leaves a half-written segment where readers look; what a killed fusion left in
+the staging folder is deleted by the next one. A full or read-only disk raises StorageError.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from facestudio.dataset.segmenting import SegmentingConfig, Span, safe_label, se
 from facestudio.dataset.tsdf import TsdfVolume, save_mesh_ply
 from facestudio.dataset.views import make_view, pick_views
 from facestudio.paths import check_name
+from facestudio.storage import staging_dir, staging_parent, writing
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -118,7 +119,8 @@ def fuse_take(take_path: str | os.PathLike[str], out_root: str | os.PathLike[str
 
     ``out_root`` is the library's ``datasets`` folder. A previous fusion of the same take is
     replaced as a whole. Raises TakeError for unreadable takes, ValueError when the take has
-    nothing to fuse, FusionCancelled when ``cancel`` is set.
+    nothing to fuse, FusionCancelled when ``cancel`` is set, StorageError when the disk is full
+    or read-only.
     """
     config = config or FusionConfig()
     reader = TakeReader(take_path)
@@ -132,25 +134,18 @@ def fuse_take(take_path: str | os.PathLike[str], out_root: str | os.PathLike[str
     anchors = reader.head_poses()
     use_anchor = config.use_anchor_pose and bool(np.isfinite(anchors).all(axis=(1, 2)).any())
     out_root = Path(out_root)
-    staging_root = out_root.parent / f".{out_root.name}.partial"
-    staged = staging_root / uuid.uuid4().hex
-    staged.mkdir(parents=True)
-    try:
+    final = out_root / subject / take
+    # The staging folder is locked while we work in it, so the next fusion deletes what a
+    # killed one left there (staging_dir) without touching a concurrent fusion's work.
+    with writing(out_root), staging_dir(staging_parent(out_root)) as staged:
         _run(reader, spans, anchors if use_anchor else None, staged, subject, take, config,
              progress, cancel)
-        final = out_root / subject / take
         final.parent.mkdir(parents=True, exist_ok=True)
-        old = staging_root / (staged.name + "-old")
+        old = staged.with_name(staged.name + "-old")
         if final.exists():
             os.replace(final, old)
         os.replace(staged, final)
         shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-        try:
-            staging_root.rmdir()
-        except OSError:
-            pass   # another fusion is running, or leftovers of a crash: not ours to delete
     return sorted(p.parent for p in final.glob("*/segment.json"))
 
 

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from facestudio.capture.frame import Intrinsics
+from facestudio.storage import writing
 
 FORMAT_NAME = "facestudio-segment"
 FORMAT_VERSION = 1
@@ -101,7 +102,7 @@ class SegmentWriter:
 
     def finish(self, info: SegmentInfo) -> Path:
         tmp = self.path / (SEGMENT_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with writing(tmp), open(tmp, "w", encoding="utf-8") as f:
             json.dump(info.to_json(), f, indent=1, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
@@ -110,8 +111,13 @@ class SegmentWriter:
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"could not write {path}")
+    """Encode in memory and write with Python: cv2.imwrite only says False, never why
+    (a full disk must be reported as such)."""
+    ok, data = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise ValueError(f"could not encode {path}")
+    with writing(path), open(path, "wb") as f:
+        f.write(data)
 
 
 class Segment:

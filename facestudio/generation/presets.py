@@ -6,18 +6,13 @@ presets are data so a lab can add its own without touching code.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from facestudio.faces.arkit import BLENDSHAPE_INDEX, BLENDSHAPE_NAMES, NUM_BLENDSHAPES
+from facestudio.models.config import parse_toml, read_toml_text
 from facestudio.paths import resources_dir
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 PRESETS_DIR = resources_dir() / "presets" / "expressions"
 
@@ -44,10 +39,7 @@ def load_preset(name: str, folder: Path = PRESETS_DIR) -> dict[str, float]:
     path = folder / f"{name}.toml"
     if not path.is_file():
         raise ValueError(f"unknown expression preset {name!r}; available: {', '.join(preset_names(folder))}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    data = parse_toml(read_toml_text(path), str(path))
     table = data.get("blendshapes", {})
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [blendshapes] must be a table of weights")

@@ -23,6 +23,7 @@ the write lock is held only for the row updates.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from typing import Any
 from facestudio.capture.take import MANIFEST, FRAMES, TakeError, TakeReader
 from facestudio.dataset.segment import SEGMENT_FILE, Segment, SegmentError
 from facestudio.paths import check_name, take_dir
+from facestudio.storage import disk_problem, writing
 
 CATALOG_FILE = "catalog.sqlite"
 SCHEMA_VERSION = 1
@@ -229,7 +231,8 @@ class Catalog:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.db_path = self.root / CATALOG_FILE
-        self.root.mkdir(parents=True, exist_ok=True)
+        with writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         self._ensure_schema()
 
     # ------------------------------------------------------------------ database plumbing
@@ -244,8 +247,8 @@ class Catalog:
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
         """One transaction on a fresh connection: IMMEDIATE for writers, a snapshot for readers.
 
-        SQLite failures (locked for longer than the timeout, unwritable folder, corrupt file)
-        become CatalogError naming the database; the SQLite error is the ``__cause__``.
+        SQLite failures (locked for longer than the timeout, full or read-only disk, corrupt
+        file) become CatalogError naming the database; the SQLite error is the ``__cause__``.
         """
         with self._sqlite_errors(), contextlib.closing(self._connect()) as con:
             con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -262,7 +265,18 @@ class Catalog:
         try:
             yield
         except sqlite3.Error as exc:
-            raise CatalogError(f"{self.db_path}: {exc}") from exc
+            raise CatalogError(self._describe(exc)) from exc
+
+    def _describe(self, exc: sqlite3.Error) -> str:
+        """A full or read-only disk in the words every other writer uses (facestudio.storage)."""
+        name = getattr(exc, "sqlite_errorname", "")
+        code = None
+        if name == "SQLITE_FULL":
+            code = errno.ENOSPC
+        elif name.startswith("SQLITE_READONLY") or (
+                name == "SQLITE_CANTOPEN" and not os.access(self.root, os.W_OK)):
+            code = errno.EROFS
+        return disk_problem(code, self.db_path, str(exc)) or f"{self.db_path}: {exc}"
 
     def _ensure_schema(self) -> None:
         """Create the schema on first use; rebuild from disk a new, old or unreadable catalog.

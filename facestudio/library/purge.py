@@ -3,18 +3,18 @@
 A model trained on a subject's segments can reproduce that face, so it goes too (docs/
 security.md). Paths are first renamed into LIBRARY/.purge/ (atomic, so a crash never leaves
 a half-deleted take that still looks valid), then removed; the catalog is re-synced last.
+Leftovers of killed purges and fusions (which may hold the subject's data) go too.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 from facestudio.library.catalog import DATASETS, TAKES, Catalog
 from facestudio.paths import check_name
+from facestudio.storage import remove_stale, staging_dir, staging_parent
 
 def plan_purge(catalog: Catalog, subject: str) -> dict[str, list[Path]]:
     """What purging ``subject`` would delete, by kind (nothing is changed)."""
@@ -38,17 +38,10 @@ def plan_purge(catalog: Catalog, subject: str) -> dict[str, list[Path]]:
 def purge_subject(catalog: Catalog, subject: str) -> dict[str, Any]:
     """Delete everything :func:`plan_purge` lists; returns what was removed."""
     plan = plan_purge(catalog, subject)
-    staging = catalog.root / ".purge" / uuid.uuid4().hex
-    staging.mkdir(parents=True)
-    try:
+    with staging_dir(catalog.root / ".purge") as staging:   # also removes killed purges' leftovers
         for i, path in enumerate(p for paths in plan.values() for p in paths):
             os.rename(path, staging / str(i))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            staging.parent.rmdir()
-        except OSError:
-            pass
+    remove_stale(staging_parent(catalog.root / DATASETS))   # a killed fusion's staged segments
     catalog.sync()
     remaining = catalog.list(subject)
     if remaining["takes"] or remaining["segments"]:

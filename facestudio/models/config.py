@@ -9,6 +9,8 @@ default. The diffusion stage reuses the helpers for its own config classes.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
 import types
 import typing
@@ -83,7 +85,7 @@ class LossConfig:
     def validate(self) -> None:
         for name in ("rgb_l1", "ssim", "occupancy", "depth", "perceptual"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
-        _check(not self.vgg19_weights or Path(self.vgg19_weights).expanduser().is_file(),
+        _check(not self.vgg19_weights or os.path.isfile(os.path.expanduser(self.vgg19_weights)),
                "loss.vgg19_weights", f"file {self.vgg19_weights!r} does not exist")
 
 
@@ -153,22 +155,44 @@ def load_config(spec: str | Path) -> AutodecoderConfig:
     """A preset name ("tiny", "paper") or a TOML file written by :func:`save_config` (or by hand)."""
     if str(spec) in PRESETS:
         return PRESETS[str(spec)]()
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ValueError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a TOML file")
-    return config_from_toml(path.read_text(encoding="utf-8"), AutodecoderConfig, source=str(path))
+    return config_from_toml(read_config_file(spec, PRESETS), AutodecoderConfig, source=str(spec))
+
+
+def read_config_file(spec: str | os.PathLike[str], presets: dict[str, Any]) -> str:
+    """The text of config file ``spec``; a missing, unreadable or non-UTF-8 file is a ValueError
+    naming it (what the CLI reports as a plain error)."""
+    path = os.path.expanduser(spec)   # unlike Path.expanduser, never raises for "~nobody"
+    if not os.path.isfile(path):
+        raise ValueError(f"--config {str(spec)!r} is neither a preset ({', '.join(presets)}) nor a TOML file")
+    return read_toml_text(Path(path))
+
+
+def read_toml_text(path: Path) -> str:
+    """A TOML file's text; an unreadable or non-UTF-8 file is a ValueError naming it."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start}); TOML must be UTF-8") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def save_config(config: Any, path: Path) -> None:
     path.write_text(tomli_w.dumps(to_dict(config)), encoding="utf-8")
 
 
-def config_from_toml(text: str, cls: type[T], source: str = "config") -> T:
+def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
+    """``text`` as TOML; every way it can be malformed is a ValueError naming ``source``."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{source}: invalid TOML: {exc}") from None
-    obj = from_dict(cls, data)
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise ValueError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
+
+
+def config_from_toml(text: str, cls: type[T], source: str = "config") -> T:
+    obj = from_dict(cls, parse_toml(text, source))
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate()
@@ -213,7 +237,11 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             except ValueError:
                 continue
         raise ValueError(f"{name}: {value!r} does not match {tp}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -2 ** 63 <= value < 2 ** 63:
+        raise ValueError(f"{name}: {value} is out of range (TOML integers are 64-bit)")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):   # no config number means anything as nan or inf
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from facestudio.models import denoiser
-from facestudio.models.config import _check, config_from_toml
+from facestudio.models.config import _check, config_from_toml, read_config_file
 from facestudio.models.denoiser import DenoiserConfig
 
 
@@ -112,7 +112,4 @@ def load_diffusion_config(spec: str | Path) -> DiffusionConfig:
     """A preset name or a TOML file (as written into every run, or by hand)."""
     if str(spec) in PRESETS:
         return PRESETS[str(spec)]()
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ValueError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a TOML file")
-    return config_from_toml(path.read_text(encoding="utf-8"), DiffusionConfig, source=str(path))
+    return config_from_toml(read_config_file(spec, PRESETS), DiffusionConfig, source=str(spec))
