@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -107,13 +106,8 @@ def resolve_run(spec: str | None, library: str | None, stage: str) -> Path:
     raise ValueError(f"no {stage} run {spec!r} (a run folder, or a name under {root})")
 
 
-def _stop_on_sigint() -> threading.Event:
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return stop
-
-
-def run_train_diffusion(args: argparse.Namespace) -> dict[str, Any]:
+def run_train_diffusion(args: argparse.Namespace) -> dict[str, Any] | None:
+    from facestudio.cli.train_cmds import stop_on_signals, training_result
     from facestudio.models.diffusion_config import load_diffusion_config
     from facestudio.models.runs import format_progress
     from facestudio.models.train_diffusion import train_diffusion
@@ -134,10 +128,8 @@ def run_train_diffusion(args: argparse.Namespace) -> dict[str, Any]:
             print("\r" + format_progress(p), end="", file=sys.stderr, flush=True)
 
     summary = train_diffusion(autodecoder, run_dir, config, args.device, args.max_steps, bool(args.resume), init,
-                              progress, _stop_on_sigint())
-    if not args.json:
-        print(file=sys.stderr)
-    return summary
+                              progress, stop_on_signals())
+    return training_result(summary, args.json)
 
 
 def run_generate(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Stage-1 commands: `train autodecoder`, `encode`, `render`.
 
 Runs live in LIBRARY/models/autodecoder/<timestamp>/ (see facestudio.models.runs); `--model`
-accepts a run folder or a run name under that folder.
+accepts a run folder or a run name under that folder. Both train commands also run as
+``torchrun --nproc_per_node N -m facestudio train ...`` (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def gather_segments(dirs: list[Path] | None, library: str | None) -> list[Path]:
     return found
 
 
-def run_train_autodecoder(args: argparse.Namespace) -> dict[str, Any]:
+def run_train_autodecoder(args: argparse.Namespace) -> dict[str, Any] | None:
     from facestudio.models.config import load_config
     from facestudio.models.runs import format_progress
     from facestudio.models.train_autodecoder import train_autodecoder
@@ -93,18 +94,40 @@ def run_train_autodecoder(args: argparse.Namespace) -> dict[str, Any]:
     else:
         config = load_config(args.config)
         segments = gather_segments(args.segments, args.library)
-        run_dir = runs_root(args.library) / time.strftime("%Y%m%d-%H%M%S")
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+        run_dir = runs_root(args.library) / time.strftime("%Y%m%d-%H%M%S")   # torchrun: rank 0's is used
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
             print("\r" + format_progress(p), end="", file=sys.stderr, flush=True)
 
     summary = train_autodecoder(segments, run_dir, config, args.device, args.max_steps, bool(args.resume),
-                                progress, stop)
-    if not args.json:
-        print(file=sys.stderr)
+                                progress, stop_on_signals())
+    return training_result(summary, args.json)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event Ctrl+C sets, so training stops after the current step with a checkpoint.
+
+    Under torchrun SIGTERM sets it too: the launcher passes Ctrl+C on to its processes as SIGTERM
+    (and kills them 30 s later), and SLURM sends SIGTERM at a job's time limit.
+    """
+    from facestudio.models import distributed
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM) if distributed.launched() else (signal.SIGINT,):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def training_result(summary: dict[str, Any], json_output: bool) -> dict[str, Any] | None:
+    """What a train command reports: the summary from rank 0 alone under torchrun, where every
+    process finishes the same run (None prints nothing)."""
+    from facestudio.models import distributed
+
+    if not distributed.is_main():
+        return None
+    if not json_output:
+        print(file=sys.stderr)   # end the progress line
     return summary
 
 

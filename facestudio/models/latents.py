@@ -46,9 +46,9 @@ class LatentSet:
         i = self.subjects.index(subject)
         return self.latents[self.identity_index[i]]
 
-    @property
-    def identity_latents(self) -> torch.Tensor:
-        return self.latents[self.identity_index]
+    def identity_latents(self, index: torch.Tensor) -> torch.Tensor:
+        """The identity latents of the segments at ``index``: a batch's, not all N copied each step."""
+        return self.latents[torch.as_tensor(self.identity_index)[index]]
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from facestudio.models import distributed
 from facestudio.models.config import LossConfig
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,11 @@ class AutodecoderLoss(nn.Module):
         if c.ssim > 0:
             terms["ssim"] = 1.0 - ssim(pred, tgt)
         terms["occupancy"] = (out["opacity"] - mask.to(pred.dtype)).abs().mean()
-        valid = mask & (depth > 0)
-        if c.depth > 0 and bool(valid.any()):
-            terms["depth"] = ((out["depth"] - depth).abs()[valid]).mean() / box_size
+        if c.depth > 0:
+            # Over the valid pixels of every process's batch: their count differs between processes.
+            depth_error = distributed.global_mean((out["depth"] - depth).abs()[mask & (depth > 0)])
+            if depth_error is not None:
+                terms["depth"] = depth_error / box_size
         if self.vgg is not None:
             terms["perceptual"] = perceptual_loss(self.vgg, pred, tgt)
         weights = {"rgb_l1": c.rgb_l1, "ssim": c.ssim, "occupancy": c.occupancy, "depth": c.depth,

@@ -1,4 +1,4 @@
-"""A training run on disk, shared by every trainer (autodecoder now, diffusion later).
+"""A training run on disk and the training loop, shared by both trainers (autodecoder, diffusion).
 
     RUN/
         config.toml              the full typed config, written when the run starts
@@ -13,6 +13,9 @@ A checkpoint folder is written under a temporary name and renamed when complete,
 ``latest`` changes only after that, so a crash at any point leaves the previous checkpoint
 usable. Everything that influences the next step (weights, Adam moments, every RNG the
 trainer draws from) is saved, so a resumed run continues bit-for-bit like an uninterrupted one.
+
+In a multi-process run (:mod:`facestudio.models.distributed`) every rank calls these methods
+and only rank 0 writes; the others wait for each checkpoint to be complete.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import json
 import os
 import random
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+from facestudio.models import distributed
 from facestudio.models.config import save_config
 
 CONFIG_FILE = "config.toml"
@@ -55,12 +62,12 @@ class Run:
     @classmethod
     def create(cls, path: Path, config: Any) -> "Run":
         path = Path(path)
-        if (path / CONFIG_FILE).exists():
-            raise ValueError(f"{path} already holds a run; resume it or choose another folder")
-        (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        run = cls(path)
-        _atomic_write(path / CONFIG_FILE, lambda tmp: save_config(config, tmp))
-        return run
+        if distributed.is_main():
+            if (path / CONFIG_FILE).exists():
+                raise ValueError(f"{path} already holds a run; resume it or choose another folder")
+            (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+            _atomic_write(path / CONFIG_FILE, lambda tmp: save_config(config, tmp))
+        return cls(path)
 
     @classmethod
     def open(cls, path: Path) -> "Run":
@@ -77,6 +84,8 @@ class Run:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (a line); each line is flushed so a crash loses at most that line."""
+        if not distributed.is_main():
+            return
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}, allow_nan=False) + "\n")
 
@@ -94,6 +103,8 @@ class Run:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records after ``step`` (written after the checkpoint a resume starts from)."""
+        if not distributed.is_main():
+            return
         kept = [r for r in self.metrics() if r.get("step", 0) <= step]
         _atomic_write(self.path / METRICS_FILE, lambda tmp: tmp.write_text(
             "".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8"))
@@ -102,8 +113,14 @@ class Run:
 
     def save_checkpoint(self, ckpt: Checkpoint, keep: int = 2) -> Path:
         root = self.path / CHECKPOINTS
-        root.mkdir(exist_ok=True)
         name = f"step_{ckpt.step:08d}"
+        if distributed.is_main():
+            self._write_checkpoint(ckpt, root, name, keep)
+        distributed.barrier()
+        return root / name
+
+    def _write_checkpoint(self, ckpt: Checkpoint, root: Path, name: str, keep: int) -> None:
+        root.mkdir(exist_ok=True)
         tmp = root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -119,7 +136,6 @@ class Run:
         _atomic_write(root / LATEST, lambda t: t.write_text(name, encoding="utf-8"))
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-        return final
 
     def latest_checkpoint(self) -> Path | None:
         pointer = self.path / CHECKPOINTS / LATEST
@@ -194,6 +210,72 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
 
 def _listify(value: Any) -> Any:
     return [_listify(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+# ---------------------------------------------------------------------- a trainer's state and loop
+
+def save_state(run: Run, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+               generator: np.random.Generator, keep: int) -> Path:
+    """Checkpoint everything the next step depends on: weights, optimizer, every RNG.
+
+    ``model`` is the unwrapped module, so the checkpoint is the same for any number of
+    processes; the RNG is rank 0's, from which the other ranks then re-derive theirs.
+    """
+    opt_tensors, opt_meta = optimizer_to_checkpoint(optimizer)
+    rng_tensors, rng_meta = capture_rng(generator)
+    path = run.save_checkpoint(Checkpoint(step, model.state_dict(), {**opt_tensors, **rng_tensors},
+                                          {"optimizer": opt_meta, "rng": rng_meta}), keep)
+    distributed.split_rng(generator)
+    return path
+
+
+def restore_state(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  generator: np.random.Generator, device: torch.device) -> int:
+    """Load the newest checkpoint into a freshly built trainer; returns its step. Metrics logged
+    after that checkpoint (by a run that crashed or was killed later) are dropped."""
+    ckpt = run.load_checkpoint(device=str(device))
+    model.load_state_dict(ckpt.model)
+    optimizer_from_checkpoint(optimizer, ckpt.state, ckpt.meta["optimizer"])
+    restore_rng(ckpt.state, ckpt.meta["rng"], generator)
+    run.truncate_metrics(ckpt.step)
+    return ckpt.step
+
+
+def run_steps(run: Run, step: int, total: int, batch_loss: Callable[[], tuple[torch.Tensor, dict[str, float]]],
+              optimizer: torch.optim.Optimizer, save: Callable[[int], Path], train: Any,
+              progress_cb: Callable[[dict[str, Any]], None] | None = None,
+              stop_event: threading.Event | None = None) -> tuple[int, bool, dict[str, float]]:
+    """The loop every trainer shares: optimizer steps from ``step`` to ``total``, logging every
+    ``train.log_every``, checkpointing every ``train.checkpoint_every`` and at the end.
+
+    ``batch_loss()`` draws a batch and returns its loss and loss terms. A stop request on any
+    process ends every process before the next step. The logged loss is the global batch's (the
+    mean over processes); only rank 0 logs and calls ``progress_cb``. Returns the final step,
+    whether it stopped early and the last step's loss terms ("loss" first).
+    """
+    progress = Progress(total, step)
+    last_saved, stopped, terms = step, False, {"loss": float("nan")}
+    while step < total:
+        if distributed.any_rank(stop_event is not None and stop_event.is_set()):
+            stopped = True
+            break
+        loss, parts = batch_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        terms = distributed.mean_over_ranks({"loss": float(loss.detach()), **parts})
+        info = {**progress.update(step), **terms}
+        if step % train.log_every == 0 or step == total:
+            run.log({"kind": "train", **info})
+        if progress_cb is not None and distributed.is_main():
+            progress_cb(info)
+        if step % train.checkpoint_every == 0:
+            save(step)
+            last_saved = step
+    if step != last_saved or run.latest_checkpoint() is None:
+        save(step)
+    return step, stopped, terms
 
 
 # ---------------------------------------------------------------------- progress

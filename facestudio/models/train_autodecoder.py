@@ -5,6 +5,7 @@ paper), decodes every drawn object's embedding to its grid, renders full views a
 losses of :mod:`facestudio.models.losses`. Embeddings and decoder train jointly (autodecoding,
 no encoder). After training, G1 maps every embedding to its latent volume and the robust
 per-channel statistics (median, IQR) that stage 2 normalises with are stored in the run.
+Under torchrun the objects are sharded over the processes (:mod:`facestudio.models.distributed`).
 
     RUN/segments.json           the training segments, in embedding order
     RUN/latent_stats.safetensors  median, iqr (C,) over all training latents
@@ -17,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,15 @@ import cv2
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from facestudio.dataset.segment import Segment
+from facestudio.models import distributed
 from facestudio.models.autodecoder import Autodecoder
 from facestudio.models.config import AutodecoderConfig, load_config
 from facestudio.models.losses import AutodecoderLoss
 from facestudio.models.render import Box, make_rays, render_rays
-from facestudio.models.runs import (Checkpoint, Progress, Run, capture_rng, optimizer_from_checkpoint,
-                                    optimizer_to_checkpoint, restore_rng)
+from facestudio.models.runs import Run, restore_state, run_steps, save_state
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,11 @@ def load_views(path: Path, size: int, background: list[float]) -> ObjectViews:
     rgb_f = np.where(mask[..., None], rgb.astype(np.float32) / 255.0, bg)
     return ObjectViews(seg.name, torch.from_numpy(rgb_f), torch.from_numpy(mask),
                        torch.from_numpy(depth.astype(np.float32)), torch.from_numpy(K).float(),
-                       torch.from_numpy(data["cam_to_head"]).float(),
-                       Box(tuple(seg.info.box_center), seg.info.box_size))
+                       torch.from_numpy(data["cam_to_head"]).float(), segment_box(seg))
+
+
+def segment_box(seg: Segment) -> Box:
+    return Box(tuple(seg.info.box_center), seg.info.box_size)
 
 
 def render_views(model_grid: torch.Tensor, K: torch.Tensor, cam_to_head: torch.Tensor, size: int,
@@ -107,35 +112,47 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(num_threads: int) -> int:
-    """0 = every core (the CLI); the GUI passes cores - 1 so its thread stays responsive (REFERENCE.md sec. 5)."""
-    n = num_threads or (os.cpu_count() or 1)
+    """0 = every core (the CLI); the GUI passes cores - 1 so its thread stays responsive (REFERENCE.md sec. 5).
+
+    Processes started together on one machine (torchrun) split its cores instead of each taking all.
+    """
+    n = num_threads or max(1, (os.cpu_count() or 1) // distributed.local_world_size())
     torch.set_num_threads(n)
     return n
 
 
 class Batcher:
-    """Draws (object, view) batches from its own numpy generator, whose state is checkpointed."""
+    """Draws (object, view) batches from its own numpy generator, whose state is checkpointed.
 
-    def __init__(self, objects: list[ObjectViews], objects_per_batch: int, views_per_object: int,
+    ``objects`` holds (at least) the shard's objects, by their index among all training objects.
+    """
+
+    def __init__(self, objects: Mapping[int, ObjectViews], shard: distributed.Shard, views_per_object: int,
                  seed: int) -> None:
         self.objects = objects
-        self.b = min(objects_per_batch, len(objects))
+        self.shard = shard
         self.v = views_per_object
         self.rng = np.random.default_rng(seed)
 
     def draw(self) -> tuple[np.ndarray, list[np.ndarray]]:
-        idx = self.rng.choice(len(self.objects), size=self.b, replace=False)
+        idx = self.shard.draw(self.rng)
         views = [self.rng.choice(len(self.objects[i].mask), size=self.v, replace=len(self.objects[i].mask) < self.v)
                  for i in idx]
         return idx, views
 
 
-def training_step(model: Autodecoder, loss_fn: AutodecoderLoss, objects: list[ObjectViews], idx: np.ndarray,
+def training_step(model: nn.Module, loss_fn: AutodecoderLoss, objects: Mapping[int, ObjectViews], idx: np.ndarray,
                   views: list[np.ndarray], cfg: AutodecoderConfig, device: torch.device
                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch (forward only; the caller steps the optimizer)."""
+    """Loss of one batch (forward only; the caller steps the optimizer).
+
+    ``model`` is the :class:`Autodecoder`, or its DDP wrapper. Only the decoder runs in bf16 on
+    a GPU: ray positions and compositing need fp32, so the grids are rendered in fp32.
+    """
     pick = lambda attr: torch.stack([getattr(objects[i], attr)[torch.from_numpy(v)] for i, v in zip(idx, views)])  # noqa: E731
-    grids = model(torch.from_numpy(idx).to(device))
+    with distributed.autocast(device):
+        grids = model(torch.from_numpy(idx).to(device))
+    grids = grids.float()
     box = objects[int(idx[0])].box
     out = render_views(grids, pick("K").to(device), pick("cam_to_head").to(device), cfg.render.image_size, box,
                        cfg.render.samples_per_ray, True, cfg.render.background)
@@ -151,8 +168,17 @@ def train_autodecoder(segments: list[Path] | None, run_dir: Path, config: Autode
 
     On resume the run's own config.toml and segment list are used (``config``/``segments`` must be
     None or the same). ``stop_event`` ends the run cleanly after the current step, with a checkpoint.
+    Under torchrun every process calls this and trains on rank 0's ``segments`` in rank 0's
+    ``run_dir`` (the CLI names it by the clock); only rank 0 writes the run and calls ``progress_cb``.
     """
-    run_dir = Path(run_dir)
+    with distributed.process_group(resolve_device(device)) as dev:
+        segments, run_dir = distributed.from_main((segments, Path(run_dir)))
+        return _train(segments, run_dir, config, dev, max_steps, resume, progress_cb, stop_event)
+
+
+def _train(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig | None, dev: torch.device,
+           max_steps: int | None, resume: bool, progress_cb: Callable[[dict[str, Any]], None] | None,
+           stop_event: threading.Event | None) -> dict[str, Any]:
     if resume:
         run = Run.open(run_dir)
         config = load_config(run.config_path)
@@ -167,77 +193,52 @@ def train_autodecoder(segments: list[Path] | None, run_dir: Path, config: Autode
         paths = [Path(p) for p in segments]
         run = Run.create(run_dir, config)
     assert config is not None
-    dev = resolve_device(device)
     threads = set_threads(config.train.num_threads)
     tc = config.train
-    objects = [load_views(p, config.render.image_size, config.render.background) for p in paths]
-    boxes = {o.box for o in objects}
+    segs = [Segment(p) for p in paths]   # metadata only: each process loads the views of its shard
+    boxes = {segment_box(s) for s in segs}
     if len(boxes) > 1:   # one decoder, one grid: every object must live in the same box
         raise ValueError(f"segments use different head boxes {sorted(map(str, boxes))}; re-fuse them alike")
-    if not resume:
+    if not resume and distributed.is_main():
         (run_dir / SEGMENTS_FILE).write_text(json.dumps(
-            {"paths": [str(p) for p in paths], "names": [o.name for o in objects]}, indent=1), encoding="utf-8")
+            {"paths": [str(p) for p in paths], "names": [s.name for s in segs]}, indent=1), encoding="utf-8")
+    shard = distributed.shard(len(paths), tc.objects_per_batch, "train.objects_per_batch")
+    objects = {int(i): load_views(paths[i], config.render.image_size, config.render.background) for i in shard.items}
     torch.manual_seed(tc.seed)
-    model = Autodecoder(config.model, len(objects)).to(dev)
+    model = Autodecoder(config.model, len(paths)).to(dev)
     optimizer = torch.optim.Adam([{"params": model.decoder_parameters(), "lr": tc.lr},
                                   {"params": model.embeddings.parameters(), "lr": tc.embedding_lr}],
                                  betas=(tc.betas[0], tc.betas[1]))
     loss_fn = AutodecoderLoss(config.loss).to(dev)
-    batcher = Batcher(objects, tc.objects_per_batch, tc.views_per_object, tc.seed)
-    step = 0
-    if resume:
-        ckpt = run.load_checkpoint(device=str(dev))
-        model.load_state_dict(ckpt.model)
-        optimizer_from_checkpoint(optimizer, ckpt.state, ckpt.meta["optimizer"])
-        restore_rng(ckpt.state, ckpt.meta["rng"], batcher.rng)
-        step = ckpt.step
-        run.truncate_metrics(step)
+    batcher = Batcher(objects, shard, tc.views_per_object, tc.seed)
+    step = restore_state(run, model, optimizer, batcher.rng, dev) if resume else 0
+    distributed.split_rng(batcher.rng)
+    ddp = distributed.wrap(model, dev)
     total = max_steps if max_steps is not None else tc.max_steps
-    log.info("autodecoder: %d segments, %s, %d threads, steps %d -> %d, run %s",
-             len(objects), dev, threads, step, total, run_dir)
-    progress = Progress(total, step)
-    started, last_saved, stopped = time.monotonic(), step, False
-    loss_value = float("nan")
+    log.info("autodecoder: %d segments, %s x %d, %d threads, steps %d -> %d, run %s",
+             len(paths), dev, distributed.world_size(), threads, step, total, run_dir)
+    started = time.monotonic()
     model.train()
-    while step < total:
-        if stop_event is not None and stop_event.is_set():
-            stopped = True
-            break
+
+    def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
         idx, views = batcher.draw()
-        loss, terms = training_step(model, loss_fn, objects, idx, views, config, dev)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_value = float(loss.detach())
-        info = {**progress.update(step), "loss": loss_value, **terms}
-        if step % tc.log_every == 0 or step == total:
-            run.log({"kind": "train", **info})
-        if progress_cb is not None:
-            progress_cb(info)
-        if step % tc.checkpoint_every == 0:
-            save_checkpoint(run, model, optimizer, batcher, step, tc.keep_checkpoints)
-            last_saved = step
-    if step != last_saved or run.latest_checkpoint() is None:
-        save_checkpoint(run, model, optimizer, batcher, step, tc.keep_checkpoints)
+        return training_step(ddp, loss_fn, objects, idx, views, config, dev)
+
+    step, stopped, terms = run_steps(
+        run, step, total, batch_loss, optimizer,
+        lambda at: save_state(run, at, model, optimizer, batcher.rng, tc.keep_checkpoints), tc, progress_cb, stop_event)
     stats = compute_latent_stats(model, dev)
-    save_file(stats, str(run_dir / LATENT_STATS_FILE))
-    summary = {"run": str(run_dir), "step": step, "stopped_early": stopped, "loss": loss_value,
-               "segments": len(objects), "device": str(dev), "threads": threads,
+    if distributed.is_main():
+        save_file(stats, str(run_dir / LATENT_STATS_FILE))
+    summary = {"run": str(run_dir), "step": step, "stopped_early": stopped, "loss": terms["loss"],
+               "segments": len(paths), "device": str(dev), "processes": distributed.world_size(),
+               "precision": distributed.precision(dev), "threads": threads,
                "perceptual_loss": "on" if loss_fn.vgg is not None else "off (no VGG-19 weights file)",
                "seconds": round(time.monotonic() - started, 1),
                "latent_shape": [config.model.latent_channels] + [config.model.latent_resolution] * 3,
                "latent_median_mean": float(stats["median"].mean()), "latent_iqr_mean": float(stats["iqr"].mean())}
     run.log({"kind": "summary", **summary})
     return summary
-
-
-def save_checkpoint(run: Run, model: Autodecoder, optimizer: torch.optim.Optimizer, batcher: Batcher,
-                    step: int, keep: int) -> Path:
-    opt_tensors, opt_meta = optimizer_to_checkpoint(optimizer)
-    rng_tensors, rng_meta = capture_rng(batcher.rng)
-    return run.save_checkpoint(Checkpoint(step, model.state_dict(), {**opt_tensors, **rng_tensors},
-                                          {"optimizer": opt_meta, "rng": rng_meta}), keep)
 
 
 @torch.no_grad()

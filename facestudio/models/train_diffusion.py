@@ -5,7 +5,8 @@ robust-normalised G1 latents (:mod:`facestudio.models.latents`), conditioned on 
 52 blendshape weights and its subject's neutral latent, each condition dropped independently so
 classifier-free guidance can drop either at sampling. Same run layout and guarantees as the
 autodecoder (:mod:`facestudio.models.runs`): atomic checkpoints with optimizer and RNG state, so
-a resumed run continues bit-for-bit; a stop event ends cleanly with a checkpoint.
+a resumed run continues bit-for-bit; a stop event ends cleanly with a checkpoint; under torchrun
+the latents are sharded over the processes (:mod:`facestudio.models.distributed`).
 
     RUN/segments.json     {"names": [...training segments...], "autodecoder": "AUTODECODER_RUN"}
 """
@@ -22,13 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from facestudio.models import distributed
 from facestudio.models.conditioning import ConditionDropout
 from facestudio.models.denoiser import ConditionalDenoiser
 from facestudio.models.diffusion_config import DiffusionConfig, load_diffusion_config, tiny
 from facestudio.models.latents import LatentSet, load_latent_set
-from facestudio.models.runs import (Checkpoint, Progress, Run, capture_rng, optimizer_from_checkpoint,
-                                    optimizer_to_checkpoint, restore_rng)
+from facestudio.models.runs import Run, restore_state, run_steps, save_state
 from facestudio.models.train_autodecoder import load_trained, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,31 @@ log = logging.getLogger(__name__)
 SEGMENTS_FILE = "segments.json"
 
 
-def diffusion_step(model: ConditionalDenoiser, data: LatentSet, idx: np.ndarray, cfg: DiffusionConfig,
+class EDMTraining(nn.Module):
+    """The denoiser's per-sample training loss as a forward pass: DDP syncs gradients only for
+    what runs through the forward of the module it wraps."""
+
+    def __init__(self, model: ConditionalDenoiser) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, y: torch.Tensor, blendshapes: torch.Tensor, identity_latent: torch.Tensor,
+                drop_expression: torch.Tensor, drop_identity: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(y, blendshapes, identity_latent, drop_expression, drop_identity)
+
+
+def diffusion_step(training: nn.Module, data: LatentSet, idx: np.ndarray, cfg: DiffusionConfig,
                    device: torch.device) -> torch.Tensor:
-    """Mean EDM loss of one batch with independent CFG drops (global torch RNG: checkpointed)."""
+    """Mean EDM loss of one batch with independent CFG drops (global torch RNG: checkpointed).
+
+    ``training`` is an :class:`EDMTraining`, or its DDP wrapper; bf16 autocast on a GPU.
+    """
     tc = cfg.train
     i = torch.from_numpy(idx)
     drop_e, drop_i = ConditionDropout(tc.drop_expression, tc.drop_identity)(len(idx))
-    loss = model.loss(data.latents[i].to(device), data.blendshapes[i].to(device),
-                      data.identity_latents[i].to(device), drop_e.to(device), drop_i.to(device))
+    with distributed.autocast(device):
+        loss = training(data.latents[i].to(device), data.blendshapes[i].to(device),
+                        data.identity_latents(i).to(device), drop_e.to(device), drop_i.to(device))
     return loss.mean()
 
 
@@ -57,8 +76,19 @@ def train_diffusion(autodecoder_run: Path | None, run_dir: Path, config: Diffusi
     On resume the run's own config and autodecoder are used. ``init_from`` (a diffusion run)
     starts from its weights - pretraining on synthetic people, fine-tuning on a lab's captures;
     the U-Net shapes must match. ``stop_event`` ends after the current step, with a checkpoint.
+    Under torchrun every process calls this and trains on its shard of the latents of rank 0's
+    ``autodecoder_run`` in rank 0's ``run_dir`` (the CLI names it by the clock); only rank 0
+    writes the run and calls ``progress_cb``.
     """
-    run_dir = Path(run_dir)
+    with distributed.process_group(resolve_device(device)) as dev:
+        autodecoder_run, run_dir, init_from = distributed.from_main((autodecoder_run, Path(run_dir), init_from))
+        return _train(autodecoder_run, run_dir, config, dev, max_steps, resume, init_from, progress_cb, stop_event)
+
+
+def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig | None, dev: torch.device,
+           max_steps: int | None, resume: bool, init_from: Path | None,
+           progress_cb: Callable[[dict[str, Any]], None] | None, stop_event: threading.Event | None
+           ) -> dict[str, Any]:
     if resume:
         run = Run.open(run_dir)
         config = load_diffusion_config(run.config_path)
@@ -68,15 +98,16 @@ def train_diffusion(autodecoder_run: Path | None, run_dir: Path, config: Diffusi
         autodecoder_run = recorded
     elif autodecoder_run is None:
         raise ValueError("no autodecoder run to train on (train one with `facestudio train autodecoder`)")
-    dev = resolve_device(device)
     trained = load_trained(Path(autodecoder_run), str(dev))
     data = load_latent_set(trained)
     c, r = data.latents.shape[1], data.latents.shape[-1]
     if not resume:
         config = (config or tiny()).for_latents(c, r)
         run = Run.create(run_dir, config)
-        (run_dir / SEGMENTS_FILE).write_text(json.dumps(
-            {"names": data.names, "autodecoder": str(Path(autodecoder_run).resolve())}, indent=1), encoding="utf-8")
+        if distributed.is_main():
+            (run_dir / SEGMENTS_FILE).write_text(json.dumps(
+                {"names": data.names, "autodecoder": str(Path(autodecoder_run).resolve())}, indent=1),
+                encoding="utf-8")
     assert config is not None
     if (config.denoiser.unet.in_channels, config.denoiser.unet.resolution) != (c, r):
         raise ValueError(f"the config expects {config.denoiser.unet.in_channels}x{config.denoiser.unet.resolution}^3 "
@@ -89,45 +120,26 @@ def train_diffusion(autodecoder_run: Path | None, run_dir: Path, config: Diffusi
         _init_weights(model, Path(init_from))
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.betas[0], tc.betas[1]))
     rng = np.random.default_rng(tc.seed)
-    step = 0
-    if resume:
-        ckpt = run.load_checkpoint(device=str(dev))
-        model.load_state_dict(ckpt.model)
-        optimizer_from_checkpoint(optimizer, ckpt.state, ckpt.meta["optimizer"])
-        restore_rng(ckpt.state, ckpt.meta["rng"], rng)
-        step = ckpt.step
-        run.truncate_metrics(step)
+    step = restore_state(run, model, optimizer, rng, dev) if resume else 0
+    distributed.split_rng(rng)
+    training = distributed.wrap(EDMTraining(model), dev)
     total = max_steps if max_steps is not None else tc.max_steps
-    batch = min(tc.batch_size, len(data.names))
-    log.info("diffusion: %d latents %s, %s, %d threads, steps %d -> %d, run %s",
-             len(data.names), tuple(data.latents.shape[1:]), dev, threads, step, total, run_dir)
-    progress = Progress(total, step)
-    started, last_saved, stopped, loss_value = time.monotonic(), step, False, float("nan")
+    shard = distributed.shard(len(data.names), tc.batch_size, "train.batch_size")
+    log.info("diffusion: %d latents %s, %s x %d, %d threads, steps %d -> %d, run %s", len(data.names),
+             tuple(data.latents.shape[1:]), dev, distributed.world_size(), threads, step, total, run_dir)
+    started = time.monotonic()
     model.train()
-    while step < total:
-        if stop_event is not None and stop_event.is_set():
-            stopped = True
-            break
-        idx = rng.choice(len(data.names), size=batch, replace=False)
-        loss = diffusion_step(model, data, idx, config, dev)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_value = float(loss.detach())
-        info = {**progress.update(step), "loss": loss_value}
-        if step % tc.log_every == 0 or step == total:
-            run.log({"kind": "train", **info})
-        if progress_cb is not None:
-            progress_cb(info)
-        if step % tc.checkpoint_every == 0:
-            _save(run, model, optimizer, rng, step, tc.keep_checkpoints)
-            last_saved = step
-    if step != last_saved or run.latest_checkpoint() is None:
-        _save(run, model, optimizer, rng, step, tc.keep_checkpoints)
+
+    def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
+        return diffusion_step(training, data, shard.draw(rng), config, dev), {}
+
+    step, stopped, terms = run_steps(
+        run, step, total, batch_loss, optimizer,
+        lambda at: save_state(run, at, model, optimizer, rng, tc.keep_checkpoints), tc, progress_cb, stop_event)
     summary = {"run": str(run_dir), "autodecoder": str(autodecoder_run), "step": step, "stopped_early": stopped,
-               "loss": loss_value, "latents": len(data.names), "subjects": len(set(data.subjects)),
-               "latent_shape": list(data.latents.shape[1:]), "device": str(dev), "threads": threads,
+               "loss": terms["loss"], "latents": len(data.names), "subjects": len(set(data.subjects)),
+               "latent_shape": list(data.latents.shape[1:]), "device": str(dev),
+               "processes": distributed.world_size(), "precision": distributed.precision(dev), "threads": threads,
                "parameters": sum(p.numel() for p in model.parameters()),
                "seconds": round(time.monotonic() - started, 1)}
     run.log({"kind": "summary", **summary})
@@ -142,11 +154,3 @@ def _init_weights(model: ConditionalDenoiser, source: Path) -> None:
         example = (bad or ["missing keys"])[0]
         raise ValueError(f"--init-from {source}: its U-Net differs from this config (e.g. {example})")
     model.load_state_dict(weights)
-
-
-def _save(run: Run, model: ConditionalDenoiser, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
-          step: int, keep: int) -> Path:
-    opt_tensors, opt_meta = optimizer_to_checkpoint(optimizer)
-    rng_tensors, rng_meta = capture_rng(rng)
-    return run.save_checkpoint(Checkpoint(step, model.state_dict(), {**opt_tensors, **rng_tensors},
-                                          {"optimizer": opt_meta, "rng": rng_meta}), keep)
