@@ -297,6 +297,23 @@ def test_full_disk_while_fusing_is_a_clear_error_and_changes_nothing(recorded, l
     assert catalog_matching_files(library) == listed
 
 
+def test_full_disk_while_training_is_a_clear_error_and_leaves_no_partial_checkpoint(library, tmp_path):
+    from facestudio.models.synthetic_segments import make_synthetic_segments
+
+    make_synthetic_segments(tmp_path / "segments", 2, None, None, views=4, image_size=32)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML, encoding="utf-8")
+    # Config, segment list and metrics fit; the first checkpoint (~130 kB of weights) does not.
+    proc = cli_limited(100_000, "train", "autodecoder", "--config", str(tmp_path / "tiny.toml"), "--segments",
+                       str(tmp_path / "segments"), "--device", "cpu", "--max-steps", "4")
+    assert proc.returncode == 2, proc.stderr
+    error = assert_no_traceback(proc.stderr)
+    (run_dir,) = (library / "models" / "autodecoder").iterdir()
+    assert "not enough space on the disk" in error and str(run_dir / "checkpoints") in error
+    assert list((run_dir / "checkpoints").iterdir()) == []     # no half-written checkpoint left
+    assert json.loads((run_dir / "segments.json").read_text(encoding="utf-8"))["names"]
+    assert set(train_losses(run_dir)) == {1, 2}                 # the steps before the failed save
+
+
 def test_full_disk_under_the_catalog_is_a_clear_error_and_corrupts_nothing(library, monkeypatch, capsys):
     make_take(library, "alice", "t1")
     listed = catalog_matching_files(library)

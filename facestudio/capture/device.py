@@ -21,7 +21,7 @@ from facestudio import __version__
 from facestudio.capture.channel import Channel, PeerClosed, RecordTimeout
 from facestudio.capture.frame import Frame
 from facestudio.capture.pairing import PairingError, PinGuard, spake2_finish, spake2_start, transcript_hash
-from facestudio.capture.protocol import (MAX_FPS, MAX_IMAGE_SIDE, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+from facestudio.capture.protocol import (MAX_FPS, MAX_IMAGE_SIDE, SUPPORTED_VERSIONS,
                                          Message, MsgType, ProtocolError, encode_message,
                                          frame_to_message, truth_to_message)
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
-import numpy as np
 
 from facestudio.capture.device import DeviceInfo, DeviceServer, StreamSettings
 from facestudio.capture.frame import EncodedDepth, Frame

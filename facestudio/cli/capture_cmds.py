@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from facestudio.cli.console import end_progress, show_progress
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -150,17 +151,15 @@ def run_capture(args: argparse.Namespace) -> dict[str, Any]:
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
-            print(f"\r{p['frames']} frames  {p['fps']:.1f} fps  latency p95 {p['latency_p95_ms'] or 0:.1f} ms"
-                  f"  {p['bandwidth_mbps']:.1f} Mbit/s  skipped {p['device_skipped']}", end="",
-                  file=sys.stderr, flush=True)
+            show_progress(f"{p['frames']} frames  {p['fps']:.1f} fps  latency p95 {p['latency_p95_ms'] or 0:.1f} ms"
+                          f"  {p['bandwidth_mbps']:.1f} Mbit/s  skipped {p['device_skipped']}")
 
     try:
         with DeviceClient(host, port, args.pin) as client:
             client.connect()
             result = record_take(client, path, request, stop=stop, progress=progress, fps=args.fps)
     finally:
-        if not args.json:
-            print(file=sys.stderr)   # end the progress line, also before an error message
+        end_progress()
     Catalog(root).index_take(args.subject, args.take)
     return result
 

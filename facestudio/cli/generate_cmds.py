@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from facestudio.cli.console import end_progress, show_progress
+
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
@@ -125,7 +127,7 @@ def run_train_diffusion(args: argparse.Namespace) -> dict[str, Any] | None:
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
-            print("\r" + format_progress(p), end="", file=sys.stderr, flush=True)
+            show_progress(format_progress(p))
 
     summary = train_diffusion(autodecoder, run_dir, config, args.device, args.max_steps, bool(args.resume), init,
                               progress, stop_on_signals())
@@ -177,13 +179,12 @@ def run_synth(args: argparse.Namespace) -> dict[str, Any]:
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
-            print(f"\ridentity {p['identity']}/{p['identities']}  {p['segments']} segments  "
-                  f"{p['elapsed_s']:.0f} s", end="", file=sys.stderr, flush=True)
+            show_progress(f"identity {p['identity']}/{p['identities']}  {p['segments']} segments  "
+                          f"{p['elapsed_s']:.0f} s")
 
     result = build_synthetic_library(root, args.identities, args.expressions, face_model, args.frames, args.seed,
                                      progress)
-    if not args.json:
-        print(file=sys.stderr)
+    end_progress()
     return result
 
 

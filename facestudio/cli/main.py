@@ -21,6 +21,7 @@ import pkgutil
 
 from facestudio import __version__, cli
 from facestudio.cli import gui_cmd
+from facestudio.cli.console import end_progress
 
 log = logging.getLogger("facestudio")
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, OSError, DeviceError, PairingError, ProtocolError) as exc:
         log.debug("command failed", exc_info=True)
+        end_progress()
         if isinstance(exc, OSError) and exc.errno in DISK_FULL | {errno.EROFS}:
             exc = storage_error(exc)   # said plainly, from any command (EACCES may be a read)
         message = str(exc) or type(exc).__name__

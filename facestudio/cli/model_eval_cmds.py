@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from facestudio.cli.console import end_progress, show_progress
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -79,16 +80,15 @@ def run_eval_autodecoder(args: argparse.Namespace) -> dict[str, Any]:
         def progress(p: dict[str, Any]) -> None:
             if not args.json:   # the budget is time, not steps: show the time left
                 left = max(0, int(deadline - time.monotonic()))
-                print(f"\rstep {p['step']}  loss {p['loss']:.4f}  {p['steps_per_s']:.2f} steps/s  "
-                      f"{left // 60}:{left % 60:02d} left", end="", file=sys.stderr, flush=True)
+                show_progress(f"step {p['step']}  loss {p['loss']:.4f}  {p['steps_per_s']:.2f} steps/s  "
+                              f"{left // 60}:{left % 60:02d} left")
 
         try:
             summary = train_autodecoder([m.train for m in made], root / "run", config, args.device,
                                         10 ** 9, progress_cb=progress, stop_event=stop)
         finally:
             timer.cancel()
-        if not args.json:
-            print(file=sys.stderr)
+        end_progress()
         trained = load_trained(root / "run")
         result = evaluate_run(trained, root / "heldout", args.threshold)
     return {"face_model": "ict" if face_model else "procedural", "preset": config.preset,

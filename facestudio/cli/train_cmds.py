@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from facestudio.cli.console import end_progress, show_progress
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -98,7 +99,7 @@ def run_train_autodecoder(args: argparse.Namespace) -> dict[str, Any] | None:
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
-            print("\r" + format_progress(p), end="", file=sys.stderr, flush=True)
+            show_progress(format_progress(p))
 
     summary = train_autodecoder(segments, run_dir, config, args.device, args.max_steps, bool(args.resume),
                                 progress, stop_on_signals())
@@ -126,8 +127,7 @@ def training_result(summary: dict[str, Any], json_output: bool) -> dict[str, Any
 
     if not distributed.is_main():
         return None
-    if not json_output:
-        print(file=sys.stderr)   # end the progress line
+    end_progress()
     return summary
 
 

@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
 from facestudio.models import distributed
 from facestudio.models.config import save_config
+from facestudio.storage import writing
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -120,22 +121,47 @@ class Run:
         return root / name
 
     def _write_checkpoint(self, ckpt: Checkpoint, root: Path, name: str, keep: int) -> None:
+        """Written beside as ``.tmp-NAME`` and renamed: a kill leaves the previous checkpoint
+        current. Old ones are renamed to ``.old-NAME`` before deletion, so a kill mid-delete
+        never leaves a half-deleted ``step_*``; dot-folders left by a kill go on the next save.
+        A full disk raises a StorageError naming the run and leaves no partial folder."""
         root.mkdir(exist_ok=True)
+        for leftover in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp = root / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in ckpt.model.items()}, str(tmp / "model.safetensors"))
-        save_file({k: v.detach().contiguous().cpu() for k, v in ckpt.state.items()}, str(tmp / "state.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps({"step": ckpt.step, **ckpt.meta}), encoding="utf-8")
-        for f in tmp.iterdir():
-            _fsync(f)
+        files = {"model.safetensors": safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in ckpt.model.items()}),
+                 "state.safetensors": safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in ckpt.state.items()}),
+                 "meta.json": json.dumps({"step": ckpt.step, **ckpt.meta}).encode()}
+        try:
+            with writing(root):
+                tmp.mkdir()
+                for file_name, data in files.items():
+                    with open(tmp / file_name, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         final = root / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write(root / LATEST, lambda t: t.write_text(name, encoding="utf-8"))
+        self._write_atomic(root / LATEST, name.encode())
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            doomed = old.with_name(".old-" + old.name)
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def write_json(self, name: str, data: Any) -> None:
+        """A small file of the run (e.g. its segment list), atomically, by rank 0 only."""
+        if distributed.is_main():
+            self._write_atomic(self.path / name, json.dumps(data, indent=1).encode())
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        with writing(path):
+            _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
     def latest_checkpoint(self) -> Path | None:
         pointer = self.path / CHECKPOINTS / LATEST

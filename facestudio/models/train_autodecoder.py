@@ -199,9 +199,8 @@ def _train(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig
     boxes = {segment_box(s) for s in segs}
     if len(boxes) > 1:   # one decoder, one grid: every object must live in the same box
         raise ValueError(f"segments use different head boxes {sorted(map(str, boxes))}; re-fuse them alike")
-    if not resume and distributed.is_main():
-        (run_dir / SEGMENTS_FILE).write_text(json.dumps(
-            {"paths": [str(p) for p in paths], "names": [s.name for s in segs]}, indent=1), encoding="utf-8")
+    if not resume:
+        run.write_json(SEGMENTS_FILE, {"paths": [str(p) for p in paths], "names": [s.name for s in segs]})
     shard = distributed.shard(len(paths), tc.objects_per_batch, "train.objects_per_batch")
     objects = {int(i): load_views(paths[i], config.render.image_size, config.render.background) for i in shard.items}
     torch.manual_seed(tc.seed)

@@ -104,10 +104,7 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
     if not resume:
         config = (config or tiny()).for_latents(c, r)
         run = Run.create(run_dir, config)
-        if distributed.is_main():
-            (run_dir / SEGMENTS_FILE).write_text(json.dumps(
-                {"names": data.names, "autodecoder": str(Path(autodecoder_run).resolve())}, indent=1),
-                encoding="utf-8")
+        run.write_json(SEGMENTS_FILE, {"names": data.names, "autodecoder": str(Path(autodecoder_run).resolve())})
     assert config is not None
     if (config.denoiser.unet.in_channels, config.denoiser.unet.resolution) != (c, r):
         raise ValueError(f"the config expects {config.denoiser.unet.in_channels}x{config.denoiser.unet.resolution}^3 "
