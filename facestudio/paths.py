@@ -37,6 +37,25 @@ def library_root(explicit: str | os.PathLike | None = None) -> Path:
     return root
 
 
+def runs_dir(library: str | os.PathLike | None, stage: str) -> Path:
+    """LIBRARY/models/STAGE: the training runs of one stage, "autodecoder" or "diffusion"."""
+    return library_root(library) / "models" / stage
+
+
+def find_run(spec: str | os.PathLike | None, stage: str, library: str | os.PathLike | None = None) -> Path:
+    """A run folder, a run name under :func:`runs_dir`, or (None) the newest run there."""
+    root = runs_dir(library, stage)
+    if spec is None:
+        runs = sorted(p for p in root.glob("*") if (p / "config.toml").is_file()) if root.exists() else []
+        if not runs:
+            raise ValueError(f"no {stage} run under {root}; train one with `facestudio train {stage}`")
+        return runs[-1]
+    for candidate in (Path(spec).expanduser(), root / spec):
+        if (candidate / "config.toml").is_file():
+            return candidate
+    raise ValueError(f"no {stage} run {str(spec)!r} (a run folder, or a name under {root})")
+
+
 def resources_dir() -> Path:
     """The app's resources/ folder (icons, stylesheet, expression presets).
 

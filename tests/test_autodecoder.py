@@ -14,14 +14,16 @@ import torch
 from facestudio.models.autodecoder import Autodecoder
 from facestudio.models.config import (AutodecoderConfig, ModelConfig, RenderConfig, TrainConfig, config_from_toml,
                                       load_config, paper, save_config, tiny)
+from facestudio.models.geometry import DensityGeometry, SdfGeometry, eikonal_loss, sphere_prior
 from facestudio.models.mesh import grid_to_mesh
 from facestudio.models.render import Box, make_rays, render_rays
 
 
-def small_config(**train: object) -> AutodecoderConfig:
-    """Smaller than `tiny`, so each test step takes milliseconds."""
+def small_config(geometry: str = "sdf", **train: object) -> AutodecoderConfig:
+    """Smaller than `tiny` (whose distance grid it shares by default), so each step takes milliseconds."""
     return AutodecoderConfig(
-        preset="test", model=ModelConfig(embedding_dim=16, channels=[32, 16, 16, 8], attention_resolutions=[8]),
+        preset="test", model=ModelConfig(embedding_dim=16, channels=[32, 16, 16, 8], attention_resolutions=[8],
+                                         geometry=geometry),
         render=RenderConfig(image_size=32, samples_per_ray=24),
         train=replace(TrainConfig(objects_per_batch=2, views_per_object=2, log_every=1, checkpoint_every=1000),
                       **train)).validate()
@@ -39,6 +41,13 @@ def segments(tmp_path_factory) -> list[Path]:
 
 # ---------------------------------------------------------------------- renderer
 
+class RawSigma(DensityGeometry):
+    """The raw channel is sigma itself (1/m): closed forms need no activation."""
+
+    def sigma(self, raw: torch.Tensor, voxel_size: float) -> torch.Tensor:
+        return raw
+
+
 def _camera_rays(dx: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One ray from (0, 0, 2) with camera-frame direction (dx, 0, -1), via make_rays."""
     K = torch.tensor([[[1.0, 0.0, -dx], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
@@ -54,7 +63,7 @@ def test_renderer_matches_closed_form_for_a_constant_density_slab(sigma, dx):
     grid = torch.zeros(1, 4, 5, 5, 5, dtype=torch.float64)
     grid[:, 0] = sigma
     origins, dirs = _camera_rays(dx)
-    out = render_rays(grid, origins, dirs, box, samples=512, stratified=False, sigma_fn=lambda raw: raw)
+    out = render_rays(grid, origins, dirs, box, samples=512, stratified=False, geometry=RawSigma())
     length = math.sqrt(1 + dx * dx)            # metric path length through the slab
     assert out["opacity"].item() == pytest.approx(1 - math.exp(-sigma * length), rel=1e-4)
     # Expected ray parameter given absorption: near + E[s | s < L] in t units (|dir| = length).
@@ -68,25 +77,66 @@ def test_rays_missing_the_box_are_transparent_and_show_the_background():
     grid = torch.full((1, 4, 4, 4, 4), 5.0, dtype=torch.float64)
     origins, dirs = _camera_rays(1.0)          # 45 degrees: passes beside the box
     bg = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
-    out = render_rays(grid, origins, dirs, box, 16, False, bg, sigma_fn=lambda raw: raw)
+    out = render_rays(grid, origins, dirs, box, 16, False, bg, geometry=RawSigma())
     assert out["opacity"].item() == 0.0
     assert torch.allclose(out["rgb"][0, 0], bg)
 
 
+def _plane_grid(surface_z: float, box: Box, r: int = 17) -> torch.Tensor:
+    """A distance grid (voxel units, negative inside) of the half-space z < surface_z."""
+    lin = torch.linspace(box.center[2] - box.size / 2, box.center[2] + box.size / 2, r, dtype=torch.float64)
+    grid = torch.zeros(1, 4, r, r, r, dtype=torch.float64)
+    grid[0, 0] = ((lin - surface_z) / box.voxel_size(r))[:, None, None]
+    return grid
+
+
+@pytest.mark.parametrize("sharpness,dx", [(2.0, 0.0), (8.0, 0.0), (4.0, 0.2)])
+def test_distance_grid_renders_its_zero_crossing_unbiased(sharpness, dx):
+    # NeuS opacity: a plane's weights are a logistic density centred on the surface, so the
+    # expected depth is the surface itself, at any sharpness and ray angle (Wang et al. 2021).
+    box = Box((0.0, 0.0, 0.0), 1.0)
+    origins, dirs = _camera_rays(dx)
+    out = render_rays(_plane_grid(0.1, box), origins, dirs, box, samples=1024, stratified=False,
+                      geometry=SdfGeometry(sharpness).double())
+    assert out["opacity"].item() == pytest.approx(1.0, abs=1e-4)
+    assert out["depth"].item() == pytest.approx(2.0 - 0.1, abs=1e-3)   # the camera sits at z = 2
+
+
+def test_eikonal_loss_is_zero_for_a_distance_field_and_not_for_a_scaled_one():
+    box = Box((0.0, 0.0, 0.0), 1.0)
+    plane = _plane_grid(0.1, box)
+    assert eikonal_loss(plane).item() == pytest.approx(0.0, abs=1e-6)
+    assert eikonal_loss(plane * 3).item() == pytest.approx(4.0, rel=1e-3)       # (|3| - 1)^2
+    assert eikonal_loss(sphere_prior(33)[None, None]).item() < 0.01
+
+
 # ---------------------------------------------------------------------- model
 
-def test_gradients_reach_the_embedding():
-    cfg = small_config()
+@pytest.mark.parametrize("geometry", ["density", "sdf"])
+def test_gradients_reach_the_embedding(geometry):
+    cfg = small_config(geometry)
     model = Autodecoder(cfg.model, 3)
     grid = model(torch.tensor([1]))
     K = torch.tensor([[[20.0, 0, 7.5], [0, 20.0, 7.5], [0, 0, 1]]])
     pose = torch.eye(4)[None].clone()
     pose[0, :3, 3] = torch.tensor([0.0, 0.01, 0.5])
     origins, dirs = make_rays(K, pose, 16, 16)
-    out = render_rays(grid, origins, dirs, Box((0.0, 0.01, 0.03), 0.26), 16, True)
+    out = render_rays(grid, origins, dirs, Box((0.0, 0.01, 0.03), 0.26), 16, True, geometry=model.geometry)
     (out["rgb"].mean() + out["opacity"].mean()).backward()
     grad = model.embeddings.weight.grad
     assert grad[1].abs().sum() > 0 and grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0
+    if geometry == "sdf":   # the sharpness learns too
+        assert model.geometry.log_sharpness.grad.abs() > 0
+
+
+def test_a_distance_grid_starts_as_a_sphere_in_front_of_the_cameras():
+    cfg = small_config()
+    model = Autodecoder(cfg.model, 1)
+    grid = model(torch.tensor([0]))[0].detach()
+    r = grid.shape[-1]
+    assert grid[0, r // 2, r // 2, r // 2] < 0 < grid[0, 0, 0, 0]      # inside at the centre, outside at a corner
+    verts, _, _ = grid_to_mesh(grid, Box((0.0, 0.0, 0.0), 1.0), geometry=model.geometry)
+    assert np.linalg.norm(verts, axis=1).mean() == pytest.approx(0.35, abs=0.05)   # 0.7 half-box sizes
 
 
 def test_g1_g2_shapes_tiny():
@@ -147,6 +197,21 @@ def test_marching_cubes_on_a_sphere_gives_its_radius_and_outward_normals():
     assert colors.shape == verts.shape and colors.dtype == np.uint8
 
 
+@pytest.mark.parametrize("threshold,radius", [(0.5, 0.08), (0.9, 0.08 - math.log(9) / 4 * 0.26 / 32)])
+def test_marching_cubes_on_a_distance_grid_finds_its_occupancy_level(threshold, radius):
+    box = Box((0.0, 0.01, 0.03), 0.26)
+    lin = torch.linspace(-0.13, 0.13, 33)
+    z, y, x = torch.meshgrid(lin, lin, lin, indexing="ij")
+    raw = torch.zeros(4, 33, 33, 33)
+    raw[0] = (torch.sqrt(x * x + y * y + z * z) - 0.08) / box.voxel_size(33)   # voxels to an 8 cm sphere
+    verts, tris, _ = grid_to_mesh(raw, box, threshold, geometry=SdfGeometry(4.0))
+    # sigmoid(-s d) = threshold  <=>  d = -logit(threshold) / s voxels: 0.5 is the zero crossing.
+    assert np.linalg.norm(verts - np.asarray(box.center), axis=1).mean() == pytest.approx(radius, abs=3e-4)
+    tri = verts[tris]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    assert ((normals * (tri.mean(axis=1) - np.asarray(box.center))).sum(axis=1) > 0).mean() > 0.99
+
+
 # ---------------------------------------------------------------------- training
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -154,10 +219,12 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if r.get("kind") == "train"}
 
 
-def test_short_overfit_of_one_object_cuts_the_loss(segments, tmp_path):
+@pytest.mark.parametrize("geometry", ["density", "sdf"])
+def test_short_overfit_of_one_object_cuts_the_loss(segments, tmp_path, geometry):
     from facestudio.models.train_autodecoder import train_autodecoder
 
-    cfg = small_config(objects_per_batch=1, views_per_object=4, embedding_lr=1e-2, lr=2e-3, betas=[0.9, 0.999])
+    cfg = small_config(geometry, objects_per_batch=1, views_per_object=4, embedding_lr=1e-2, lr=2e-3,
+                       betas=[0.9, 0.999])
     cfg.model.channels = [32, 16, 16]          # a 16^3 grid: more steps per second
     train_autodecoder(segments[:1], tmp_path / "run", cfg, "cpu", 150)
     losses = _losses(tmp_path / "run")

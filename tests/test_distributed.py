@@ -86,8 +86,8 @@ def _fixed_randomness(setattr_: Callable[[Any, str, Any], None]) -> None:
 
     render = train_autodecoder.render_views
     setattr_(train_autodecoder, "render_views",
-             lambda grid, K, pose, size, box, samples, stratified, bg: render(grid, K, pose, size, box, samples,
-                                                                                False, bg))
+             lambda grid, K, pose, size, box, samples, stratified, bg, geometry=None:
+             render(grid, K, pose, size, box, samples, False, bg, geometry))
     batch: list[int] = []
     step = train_diffusion.diffusion_step
 

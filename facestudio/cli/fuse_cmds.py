@@ -56,9 +56,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q.add_argument("out_dir", type=Path)
     add_json_flag(q)
     q.set_defaults(func=run_export_nerfstudio)
-    q = export.add_parser("mesh", parents=[common], help="a segment's fused mesh as .ply/.obj/.stl/.glb")
+    q = export.add_parser("mesh", parents=[common], help="a segment's mesh as .ply/.obj/.stl/.glb: the fused one, "
+                          "or with --model the one a trained autodecoder decodes")
     q.add_argument("segment", help="segment folder or SUBJECT/TAKE/SEGMENT in the library")
     q.add_argument("out", type=Path, help="output file; the suffix picks the format")
+    q.add_argument("--model", metavar="RUN",
+                   help="autodecoder run (folder or name): marching cubes on its decoded grid of the segment "
+                        "(encoded first, decoder frozen, if the run never saw it)")
+    q.add_argument("--threshold", type=float, default=0.5,
+                   help="with --model: the surface's occupancy level in (0, 1) (default 0.5)")
+    q.add_argument("--upsample", type=int, default=2,
+                   help="with --model: trilinear upsampling of the grid before marching cubes (default 2)")
     add_json_flag(q)
     q.set_defaults(func=run_export_mesh)
 
@@ -229,6 +237,18 @@ def run_export_nerfstudio(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_export_mesh(args: argparse.Namespace) -> dict[str, Any]:
-    from facestudio.export.mesh import export_segment_mesh
+    from facestudio.export.mesh import export_segment_mesh, write_mesh_arrays
 
-    return export_segment_mesh(_segment(args.segment), args.out)
+    if args.model is None:
+        return export_segment_mesh(_segment(args.segment), args.out)
+    from facestudio.models.mesh import extract_mesh
+    from facestudio.paths import find_run
+
+    if args.upsample < 1:
+        raise ValueError("--upsample must be >= 1")
+    run = find_run(args.model, "autodecoder", args.library)
+    segment = args.segment if args.segment.isdigit() else _segment(args.segment)
+    verts, tris, colors = extract_mesh(run, segment, args.threshold, args.upsample)
+    written = write_mesh_arrays(verts, tris, colors, args.out)
+    return {"segment": str(segment), "model": str(run), "out": str(written), "vertices": int(len(verts)),
+            "triangles": int(len(tris)), "threshold": args.threshold}

@@ -28,9 +28,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q.add_argument("--segments", type=int, default=8, help="synthetic segments (>= 8; default 8)")
     q.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget (default 15)")
     q.add_argument("--config", default="tiny", help="preset or TOML file (default tiny)")
+    q.add_argument("--geometry", choices=["density", "sdf"],
+                   help="override the config's model.geometry (compare the paper's density grid with a distance grid)")
     q.add_argument("--face-model", metavar="PATH",
                    help="ICT face model .npz (default: LIBRARY/facemodels/ict_facekit.npz, else the procedural head)")
-    q.add_argument("--threshold", type=float, default=0.5, help="marching-cubes opacity level (default 0.5)")
+    q.add_argument("--threshold", type=float, default=0.5, help="marching-cubes occupancy level (default 0.5)")
     q.add_argument("--keep", type=Path, metavar="DIR", help="keep segments and run here instead of a temp dir")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     add_json_flag(q)
@@ -65,6 +67,8 @@ def run_eval_autodecoder(args: argparse.Namespace) -> dict[str, Any]:
     if face_model is not None and not Path(face_model).is_file():
         raise ValueError(f"--face-model {face_model} does not exist")
     config = load_config(args.config)
+    if args.geometry is not None:
+        config.model.geometry = args.geometry
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fs-eval-") as tmp:
         root = args.keep or Path(tmp)
@@ -92,7 +96,7 @@ def run_eval_autodecoder(args: argparse.Namespace) -> dict[str, Any]:
         trained = load_trained(root / "run")
         result = evaluate_run(trained, root / "heldout", args.threshold)
     return {"face_model": "ict" if face_model else "procedural", "preset": config.preset,
-            "segments": args.segments, "minutes": args.minutes, "threads": summary["threads"],
+            "geometry": config.model.geometry, "segments": args.segments, "minutes": args.minutes, "threads": summary["threads"],
             "steps": summary["step"], "train_seconds": summary["seconds"], "data_seconds": round(data_s, 1),
             "threshold": args.threshold,
             # Other processes on the machine slow training down; the load shows how much.
@@ -138,14 +142,14 @@ def bench_preset(config: Any, device: Any, steps: int, batch: tuple[int, int] | 
                            Box((0.0, 0.01, 0.03), 0.26)) for i in range(b)]
     model = Autodecoder(config.model, b).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.train.lr, betas=tuple(config.train.betas))
-    loss_fn = AutodecoderLoss(config.loss).to(device)
+    loss_fn = AutodecoderLoss(config.loss, config.model.geometry).to(device)
     idx = torch.arange(b).numpy()
     views = [torch.arange(v).numpy()] * b
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
-        loss, _ = training_step(model, loss_fn, objects, idx, views, config, device)
+        loss, _ = training_step(model, loss_fn, objects, idx, views, config, device, model.geometry)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

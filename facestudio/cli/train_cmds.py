@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from facestudio.cli.console import end_progress, show_progress
+from facestudio.paths import find_run, runs_dir
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -54,20 +55,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q.set_defaults(func=run_render)
 
 
-def runs_root(library: str | None) -> Path:
-    from facestudio.paths import library_root
-
-    return library_root(library) / "models" / "autodecoder"
-
-
-def resolve_run(spec: str, library: str | None) -> Path:
-    path = Path(spec).expanduser()
-    for candidate in (path, runs_root(library) / spec):
-        if (candidate / "config.toml").is_file():
-            return candidate
-    raise ValueError(f"no autodecoder run {spec!r} (a run folder, or a name under {runs_root(library)})")
-
-
 def gather_segments(dirs: list[Path] | None, library: str | None) -> list[Path]:
     from facestudio.dataset.segment import find_segments
     from facestudio.paths import library_root
@@ -89,13 +76,13 @@ def run_train_autodecoder(args: argparse.Namespace) -> dict[str, Any] | None:
     from facestudio.models.train_autodecoder import train_autodecoder
 
     if args.resume:
-        run_dir, config, segments = resolve_run(args.resume, args.library), None, None
+        run_dir, config, segments = find_run(args.resume, "autodecoder", args.library), None, None
         if args.segments:
             raise ValueError("--resume continues on the run's own segments; drop --segments")
     else:
         config = load_config(args.config)
         segments = gather_segments(args.segments, args.library)
-        run_dir = runs_root(args.library) / time.strftime("%Y%m%d-%H%M%S")   # torchrun: rank 0's is used
+        run_dir = runs_dir(args.library, "autodecoder") / time.strftime("%Y%m%d-%H%M%S")   # torchrun: rank 0's is used
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
@@ -135,7 +122,7 @@ def run_encode(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.models.encode import encode_segment
     from facestudio.models.train_autodecoder import load_trained, resolve_device, set_threads
 
-    trained = load_trained(resolve_run(args.model, args.library), str(resolve_device(args.device)))
+    trained = load_trained(find_run(args.model, "autodecoder", args.library), str(resolve_device(args.device)))
     set_threads(trained.config.train.num_threads)
     return encode_segment(trained, args.segment, seconds=args.seconds)
 
@@ -145,7 +132,7 @@ def run_render(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.views < 1 or not 16 <= args.size <= 2048:
         raise ValueError("--views must be >= 1 and --size in [16, 2048]")
-    trained = load_trained(resolve_run(args.model, args.library), str(resolve_device(args.device)))
+    trained = load_trained(find_run(args.model, "autodecoder", args.library), str(resolve_device(args.device)))
     set_threads(trained.config.train.num_threads)
     files = render_orbit(trained, args.segment, args.out_dir, args.views, args.size)
     return {"out_dir": str(args.out_dir), "images": [str(f) for f in files]}
@@ -169,7 +156,7 @@ def render_orbit(trained: Any, segment: str, out_dir: Path, views: int, size: in
     with torch.no_grad():
         for i in range(views):
             out = render_views(grid[None], K[None, i:i + 1], poses[None, i:i + 1], size, box,
-                               cfg.render.samples_per_ray, False, cfg.render.background)
+                               cfg.render.samples_per_ray, False, cfg.render.background, trained.model.geometry)
             rgb = (out["rgb"][0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             path = out_dir / f"view_{i:03d}.png"
             if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):

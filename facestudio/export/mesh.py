@@ -41,6 +41,17 @@ def write_mesh(mesh: o3d.geometry.TriangleMesh, path: str | Path) -> Path:
     return path
 
 
+def write_mesh_arrays(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray | None,
+                      path: str | Path) -> Path:
+    """:func:`write_mesh` for the arrays a decoder gives: vertices (N, 3) metres, triangles
+    (M, 3), colors (N, 3) uint8 or None."""
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, dtype=np.float64)),
+                                     o3d.utility.Vector3iVector(np.asarray(triangles, dtype=np.int32)))
+    if colors is not None:
+        mesh.vertex_colors = o3d.utility.Vector3dVector(np.asarray(colors, dtype=np.float64) / 255.0)
+    return write_mesh(mesh, path)
+
+
 def _write_glb(mesh: o3d.geometry.TriangleMesh, path: Path) -> None:
     try:
         import trimesh

@@ -468,14 +468,9 @@ class GeneratePanel(QWidget):
         vertices, triangles, colors = self.result[1]
 
         def export(_job: Job) -> str:
-            import open3d as o3d
+            from facestudio.export.mesh import write_mesh_arrays
 
-            from facestudio.export.mesh import write_mesh
-
-            mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices.astype(np.float64)),
-                                             o3d.utility.Vector3iVector(triangles.astype(np.int32)))
-            mesh.vertex_colors = o3d.utility.Vector3dVector(colors.astype(np.float64) / 255.0)
-            return str(write_mesh(mesh, path))
+            return str(write_mesh_arrays(vertices, triangles, colors, path))
 
         self._export_job = self.jobs.start("export mesh", export, on_success=self._exported,
                                            on_error=self._export_failed)

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from facestudio.paths import runs_dir
+
 log = logging.getLogger(__name__)
 
 KINDS = ("autodecoder", "diffusion")
-
-
-def runs_dir(library: Path, kind: str) -> Path:
-    return Path(library) / "models" / kind
 
 
 def new_run_dir(library: Path, kind: str) -> Path:
@@ -128,7 +126,7 @@ def render_preview(run_dir: Path, size: int = 128, index: int = 0) -> np.ndarray
     K, poses = orbit_cameras(box, 1, size)
     with torch.no_grad():
         out = render_views(grid[None], K[None], poses[None], size, box, cfg.samples_per_ray, False,
-                           cfg.background)
+                           cfg.background, trained.model.geometry)
     return (out["rgb"][0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 

@@ -4,7 +4,8 @@ Each training object (a fused face segment) owns a learned embedding. A fully co
 turns it into a 4^3 volume; residual 3D up-blocks (nearest 2x, 3^3 convs, norm, ReLU, 1x1x1
 skip) double the resolution per level, with self-attention at the coarse levels. G1 runs up to
 the 8^3 latent volume, where the diffusion model of stage 2 operates; G2 decodes that latent
-to a voxel radiance field: 1 density + 3 RGB channels, read by trilinear interpolation
+to a voxel radiance field: 1 geometry channel (a density as in the paper, or a signed distance:
+:mod:`facestudio.models.geometry`) + 3 RGB channels, read by trilinear interpolation
 (:mod:`facestudio.models.render`) - no MLP, which is what makes the latent a complete 3D
 description.
 """
@@ -16,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from facestudio.models.config import ModelConfig
+from facestudio.models.geometry import make_geometry, sphere_prior
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -84,7 +86,11 @@ class G1(nn.Module):
 
 
 class G2(nn.Module):
-    """Latent volume -> remaining up-levels -> (density, R, G, B) grid at the output resolution."""
+    """Latent volume -> remaining up-levels -> (geometry, R, G, B) grid at the output resolution.
+
+    A distance grid is predicted as an offset from a sphere (:func:`sphere_prior`); a density grid
+    starts nearly empty (``density_bias``), as NeRF-style grids do.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -95,15 +101,21 @@ class G2(nn.Module):
                    4 * 2 ** i in cfg.attention_resolutions) for i in range(first, len(ch))])
         self.out_norm = _norm(cfg.norm, ch[-1])
         self.out = nn.Conv3d(ch[-1], 4, 1)
+        sdf = cfg.geometry == "sdf"
         with torch.no_grad():
-            self.out.bias.copy_(torch.tensor([cfg.density_bias, 0.0, 0.0, 0.0]))
+            self.out.bias.copy_(torch.tensor([0.0 if sdf else cfg.density_bias, 0.0, 0.0, 0.0]))
+        self.register_buffer("prior", sphere_prior(cfg.output_resolution) if sdf else None, persistent=False)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.out(F.relu(self.out_norm(self.levels(latent))))
+        grid = self.out(F.relu(self.out_norm(self.levels(latent))))
+        if self.prior is None:
+            return grid
+        return torch.cat([grid[:, :1] + self.prior.to(grid.dtype), grid[:, 1:]], dim=1)
 
 
 class Autodecoder(nn.Module):
-    """Per-object embeddings plus the G1/G2 decoder. Grids are (B, 4, D=z, H=y, W=x), raw values."""
+    """Per-object embeddings, the G1/G2 decoder and the geometry that gives its grids' first channel
+    a meaning (with the distance field's learned sharpness). Grids are (B, 4, D=z, H=y, W=x), raw."""
 
     def __init__(self, cfg: ModelConfig, num_objects: int) -> None:
         super().__init__()
@@ -113,21 +125,16 @@ class Autodecoder(nn.Module):
         nn.init.normal_(self.embeddings.weight, std=0.01)
         self.g1 = G1(cfg)
         self.g2 = G2(cfg)
+        self.geometry = make_geometry(cfg.geometry)
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        return [*self.g1.parameters(), *self.g2.parameters()]
+        return [*self.g1.parameters(), *self.g2.parameters(), *self.geometry.parameters()]
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         return self.decode(self.embeddings(index))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.g2(self.g1(z))
-
-
-def density_from_raw(raw: torch.Tensor, voxel_size: float) -> torch.Tensor:
-    """sigma (1/m) from the raw density channel: softplus keeps it >= 0; dividing by the voxel size
-    makes raw ~ 1 mean "one voxel absorbs ~63%" at any grid resolution or box size."""
-    return F.softplus(raw) / voxel_size
 
 
 def rgb_from_raw(raw: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ class ModelConfig:
     latent_resolution: int = 8          # G1 ends here (diffusion runs on this volume)
     attention_resolutions: list[int] = field(default_factory=lambda: [8])
     norm: str = "group"                 # "batch" (paper) or "group" (batch-size independent)
+    geometry: str = "density"           # "density" (paper) or "sdf" (models.geometry)
     density_bias: float = -4.0          # softplus(raw + bias): starts nearly empty, as NeRF-style grids do
 
     @property
@@ -58,6 +59,7 @@ class ModelConfig:
                f"entries must be among {levels}")
         _check(self.blocks_per_level >= 1, "model.blocks_per_level", "must be >= 1")
         _check(self.norm in ("batch", "group"), "model.norm", "must be 'batch' or 'group'")
+        _check(self.geometry in ("density", "sdf"), "model.geometry", "must be 'density' or 'sdf'")
 
 
 @dataclass
@@ -80,10 +82,11 @@ class LossConfig:
     occupancy: float = 10.0             # L1(opacity, mask), weight 10 as in the paper
     depth: float = 1.0                  # L1 on valid depth, in head-box units
     perceptual: float = 0.1             # used only when vgg19_weights is set
+    eikonal: float = 0.1                # |grad d| = 1, used only when model.geometry = "sdf"
     vgg19_weights: str = ""             # path to a torchvision-layout VGG-19 state dict; "" = off
 
     def validate(self) -> None:
-        for name in ("rgb_l1", "ssim", "occupancy", "depth", "perceptual"):
+        for name in ("rgb_l1", "ssim", "occupancy", "depth", "perceptual", "eikonal"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
         _check(not self.vgg19_weights or os.path.isfile(os.path.expanduser(self.vgg19_weights)),
                "loss.vgg19_weights", f"file {self.vgg19_weights!r} does not exist")
@@ -131,8 +134,10 @@ def tiny() -> AutodecoderConfig:
     """Trains a recognisable face on a 2-core CPU in minutes: 32^3 output, 8^3 x 64 latent.
 
     A 2x larger decoder learning rate than the paper's: a few thousand steps is all a CPU gets.
+    A distance grid rather than the paper's density: on a grid of 8 mm voxels it halved the mesh
+    error in the same time (models.geometry; BENCHMARKS.md).
     """
-    return AutodecoderConfig(preset="tiny", train=TrainConfig(lr=1e-3)).validate()
+    return AutodecoderConfig(preset="tiny", model=ModelConfig(geometry="sdf"), train=TrainConfig(lr=1e-3)).validate()
 
 
 def paper() -> AutodecoderConfig:

@@ -48,17 +48,19 @@ def encode_segment(trained: TrainedAutodecoder, segment: Path, seconds: float = 
     views = load_views(Path(segment), cfg.render.image_size, cfg.render.background)
     z = model.embeddings.weight.mean(0, keepdim=True).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
-    loss_fn = AutodecoderLoss(cfg.loss).to(device)
+    loss_fn = AutodecoderLoss(cfg.loss, cfg.model.geometry).to(device)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)   # stratified ray samples: the same segment and seed give the same code
     started = time.monotonic()
     step, loss_value = 0, float("nan")
     while step < max_steps and time.monotonic() - started < seconds:
         pick = torch.from_numpy(rng.choice(len(views.mask), size=min(views_per_step, len(views.mask)), replace=False))
-        out = render_views(model.decode(z), views.K[pick][None].to(device), views.cam_to_head[pick][None].to(device),
-                           cfg.render.image_size, views.box, cfg.render.samples_per_ray, True, cfg.render.background)
+        grid = model.decode(z)
+        out = render_views(grid, views.K[pick][None].to(device), views.cam_to_head[pick][None].to(device),
+                           cfg.render.image_size, views.box, cfg.render.samples_per_ray, True, cfg.render.background,
+                           model.geometry)
         loss, _ = loss_fn(out, views.rgb[pick].to(device), views.mask[pick].to(device),
-                          views.depth[pick].to(device), views.box.size)
+                          views.depth[pick].to(device), views.box.size, grid)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -39,7 +39,7 @@ def heldout_psnr(trained: TrainedAutodecoder, index: int, heldout: Path) -> dict
     views = load_views(heldout, cfg.render.image_size, cfg.render.background)
     grid = trained.model(torch.tensor([index]))
     out = render_views(grid, views.K[None], views.cam_to_head[None], cfg.render.image_size, views.box,
-                       cfg.render.samples_per_ray, False, cfg.render.background)
+                       cfg.render.samples_per_ray, False, cfg.render.background, trained.model.geometry)
     rgb = out["rgb"].clamp(0, 1)
     return {"psnr": psnr(rgb, views.rgb), "psnr_mask": psnr(rgb, views.rgb, views.mask[..., None].expand_as(rgb))}
 
@@ -78,7 +78,8 @@ def evaluate_run(trained: TrainedAutodecoder, heldout_root: Path | None,
         if truth is not None:
             grid = trained.model(torch.tensor([i]))[0]
             try:
-                verts, tris, _ = grid_to_mesh(grid, Box(tuple(seg.info.box_center), seg.info.box_size), threshold)
+                verts, tris, _ = grid_to_mesh(grid, Box(tuple(seg.info.box_center), seg.info.box_size), threshold,
+                                              geometry=trained.model.geometry)
             except ValueError as exc:   # no surface at this level: a failure to report, not to crash on
                 row["mesh_error"] = str(exc)
             else:

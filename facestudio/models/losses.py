@@ -6,6 +6,8 @@
 - Occupancy: L1 between rendered opacity and the foreground mask, weight 10 (3DVADER sec. 3.1).
 - Depth: L1 on pixels with a valid depth measurement inside the mask, in head-box units; our
   TrueDepth data has depth and it pins the density to the surface, which colour alone does not.
+- Eikonal (distance grids only, :mod:`facestudio.models.geometry`): |grad d| = 1, so the grid
+  stays a distance field and its zero crossing stays where trilinear interpolation puts it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 
 from facestudio.models import distributed
 from facestudio.models.config import LossConfig
+from facestudio.models.geometry import eikonal_loss
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +117,10 @@ def perceptual_loss(vgg: VGG19Features, pred: torch.Tensor, target: torch.Tensor
 class AutodecoderLoss(nn.Module):
     """Weighted sum of the terms above; returns the total and each term for the metrics log."""
 
-    def __init__(self, cfg: LossConfig) -> None:
+    def __init__(self, cfg: LossConfig, geometry: str = "density") -> None:
         super().__init__()
         self.cfg = cfg
+        self.distance_grids = geometry == "sdf"
         self.vgg: VGG19Features | None = None
         if cfg.vgg19_weights and cfg.perceptual > 0:
             self.vgg = VGG19Features.from_file(cfg.vgg19_weights)
@@ -125,10 +129,12 @@ class AutodecoderLoss(nn.Module):
             log.info("perceptual loss off (no VGG-19 weights file given); using L1 + SSIM")
 
     def forward(self, out: dict[str, torch.Tensor], target_rgb: torch.Tensor, mask: torch.Tensor,
-                depth: torch.Tensor, box_size: float) -> tuple[torch.Tensor, dict[str, float]]:
+                depth: torch.Tensor, box_size: float, grids: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         """out: rendered images rgb (N, H, W, 3), opacity/depth (N, H, W); targets alike.
 
-        ``target_rgb`` is already composited over the render background outside ``mask``.
+        ``target_rgb`` is already composited over the render background outside ``mask``;
+        ``grids`` (B, 4, R, R, R) are the rendered grids, for the eikonal term of distance grids.
         """
         c = self.cfg
         pred = out["rgb"].permute(0, 3, 1, 2)
@@ -144,7 +150,9 @@ class AutodecoderLoss(nn.Module):
                 terms["depth"] = depth_error / box_size
         if self.vgg is not None:
             terms["perceptual"] = perceptual_loss(self.vgg, pred, tgt)
+        if self.distance_grids and grids is not None and c.eikonal > 0:
+            terms["eikonal"] = eikonal_loss(grids)
         weights = {"rgb_l1": c.rgb_l1, "ssim": c.ssim, "occupancy": c.occupancy, "depth": c.depth,
-                   "perceptual": c.perceptual}
+                   "perceptual": c.perceptual, "eikonal": c.eikonal}
         total = sum(weights[k] * v for k, v in terms.items())
         return total, {k: float(v.detach()) for k, v in terms.items()}

@@ -1,23 +1,25 @@
 """Differentiable volume rendering of a voxel radiance field (3DVADER sec. 3.1; NeRF quadrature).
 
 Rays come from pixel intrinsics and camera-to-head poses (camera in OpenGL axes). Each ray is
-clipped to the head box, sampled at stratified depths, and the raw (density, RGB) grid is read
+clipped to the head box, sampled at stratified depths, and the raw (geometry, RGB) grid is read
 by trilinear interpolation (``grid_sample``) *before* the activations, which lets a coarse grid
-represent surfaces sharper than a voxel. Quadrature: alpha = 1 - exp(-sigma * delta),
-transmittance T_i = prod_{j<i} (1 - alpha_j), weights w_i = T_i alpha_i; colour, depth and
-opacity are w-weighted sums. Ray directions have camera-frame z = -1, so the ray parameter t *is*
-the optical-axis depth that the depth maps store.
+represent surfaces sharper than a voxel. The geometry (:mod:`facestudio.models.geometry`) turns
+the first channel into opacities alpha - per sample for a density (1 - exp(-sigma * delta)), per
+interval between samples for a distance field; transmittance T_i = prod_{j<i} (1 - alpha_j),
+weights w_i = T_i alpha_i; colour, depth and opacity are w-weighted sums. Ray directions have
+camera-frame z = -1, so the ray parameter t *is* the optical-axis depth that the depth maps store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from facestudio.models.autodecoder import density_from_raw, rgb_from_raw
+from facestudio.models.autodecoder import rgb_from_raw
+from facestudio.models.geometry import DensityGeometry
 
 
 @dataclass(frozen=True)
@@ -63,20 +65,16 @@ def intersect_box(origins: torch.Tensor, dirs: torch.Tensor, box: Box) -> tuple[
 
 def render_rays(grid: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor, box: Box,
                 samples: int, stratified: bool, background: torch.Tensor | None = None,
-                sigma_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-                ) -> dict[str, torch.Tensor]:
+                geometry: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Render rays through per-object raw grids.
 
-    grid: (B, 4, D, H, W) raw (density, RGB) with D = z, H = y, W = x; origins/dirs: (B, R, 3).
-    ``sigma_fn`` maps interpolated raw density to sigma (1/m); default :func:`density_from_raw`.
+    grid: (B, 4, D, H, W) raw (geometry, RGB) with D = z, H = y, W = x; origins/dirs: (B, R, 3).
+    ``geometry`` gives the first channel its meaning (default: the paper's density).
     Returns rgb (B, R, 3) composited over ``background``, depth (B, R) (expected t where the
     ray is opaque, normalised by opacity), opacity (B, R).
     """
     b, r, _ = origins.shape
-    resolution = grid.shape[-1]
-    if sigma_fn is None:
-        voxel = box.voxel_size(resolution)
-        sigma_fn = lambda raw: density_from_raw(raw, voxel)  # noqa: E731
+    geometry = geometry if geometry is not None else DensityGeometry()
     near, far = intersect_box(origins, dirs, box)
     hit = far > near
     far = torch.where(hit, far, near)
@@ -90,10 +88,12 @@ def render_rays(grid: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor, b
     normed = ((points - center) / (box.size / 2)).to(grid.dtype)
     values = F.grid_sample(grid, normed[:, None], mode="bilinear", padding_mode="border",
                            align_corners=True)[:, :, 0]                          # (B, 4, R, S)
-    sigma = sigma_fn(values[:, 0])
     rgb = rgb_from_raw(values[:, 1:4]).permute(0, 2, 3, 1)                       # (B, R, S, 3)
-    delta = (span / samples * dirs.norm(dim=-1, keepdim=True)).to(sigma.dtype)  # metres
-    alpha = 1.0 - torch.exp(-sigma * delta)
+    delta = (span / samples * dirs.norm(dim=-1, keepdim=True)).to(values.dtype)  # metres
+    alpha = geometry.alpha(values[:, 0], delta, box.voxel_size(grid.shape[-1]))
+    if geometry.intervals:   # alphas of the S - 1 intervals: their colour and depth at the middle
+        rgb = 0.5 * (rgb[..., :-1, :] + rgb[..., 1:, :])
+        t = 0.5 * (t[..., :-1] + t[..., 1:])
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1.0 - alpha[..., :-1] + 1e-10], -1), -1)
     weights = alpha * trans * hit[..., None]
     opacity = weights.sum(-1)

@@ -83,8 +83,10 @@ def segment_box(seg: Segment) -> Box:
 
 
 def render_views(model_grid: torch.Tensor, K: torch.Tensor, cam_to_head: torch.Tensor, size: int,
-                 box: Box, samples: int, stratified: bool, background: list[float]) -> dict[str, torch.Tensor]:
-    """Render ``V`` views of each of ``B`` grids: K (B, V, 3, 3), cam_to_head (B, V, 4, 4).
+                 box: Box, samples: int, stratified: bool, background: list[float],
+                 geometry: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Render ``V`` views of each of ``B`` grids: K (B, V, 3, 3), cam_to_head (B, V, 4, 4);
+    ``geometry`` is the model's (:attr:`Autodecoder.geometry`; default: density).
 
     Returns rgb (B*V, H, W, 3), depth and opacity (B*V, H, W).
     """
@@ -92,7 +94,8 @@ def render_views(model_grid: torch.Tensor, K: torch.Tensor, cam_to_head: torch.T
     origins, dirs = make_rays(K.reshape(-1, 3, 3), cam_to_head.reshape(-1, 4, 4), size, size)
     origins, dirs = origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
     bg = torch.tensor(background, dtype=model_grid.dtype, device=model_grid.device)
-    out = render_rays(model_grid, origins.to(model_grid), dirs.to(model_grid), box, samples, stratified, bg)
+    out = render_rays(model_grid, origins.to(model_grid), dirs.to(model_grid), box, samples, stratified, bg,
+                      geometry)
     return {"rgb": out["rgb"].reshape(b * v, size, size, 3), "depth": out["depth"].reshape(b * v, size, size),
             "opacity": out["opacity"].reshape(b * v, size, size)}
 
@@ -142,12 +145,13 @@ class Batcher:
 
 
 def training_step(model: nn.Module, loss_fn: AutodecoderLoss, objects: Mapping[int, ObjectViews], idx: np.ndarray,
-                  views: list[np.ndarray], cfg: AutodecoderConfig, device: torch.device
+                  views: list[np.ndarray], cfg: AutodecoderConfig, device: torch.device, geometry: nn.Module
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch (forward only; the caller steps the optimizer).
 
-    ``model`` is the :class:`Autodecoder`, or its DDP wrapper. Only the decoder runs in bf16 on
-    a GPU: ray positions and compositing need fp32, so the grids are rendered in fp32.
+    ``model`` is the :class:`Autodecoder`, or its DDP wrapper; ``geometry`` the Autodecoder's own.
+    Only the decoder runs in bf16 on a GPU: ray positions and compositing need fp32, so the grids
+    are rendered in fp32.
     """
     pick = lambda attr: torch.stack([getattr(objects[i], attr)[torch.from_numpy(v)] for i, v in zip(idx, views)])  # noqa: E731
     with distributed.autocast(device):
@@ -155,9 +159,9 @@ def training_step(model: nn.Module, loss_fn: AutodecoderLoss, objects: Mapping[i
     grids = grids.float()
     box = objects[int(idx[0])].box
     out = render_views(grids, pick("K").to(device), pick("cam_to_head").to(device), cfg.render.image_size, box,
-                       cfg.render.samples_per_ray, True, cfg.render.background)
+                       cfg.render.samples_per_ray, True, cfg.render.background, geometry)
     flat = lambda t: t.reshape(-1, *t.shape[2:]).to(device)  # noqa: E731
-    return loss_fn(out, flat(pick("rgb")), flat(pick("mask")), flat(pick("depth")), box.size)
+    return loss_fn(out, flat(pick("rgb")), flat(pick("mask")), flat(pick("depth")), box.size, grids)
 
 
 def train_autodecoder(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig | None = None,
@@ -208,7 +212,7 @@ def _train(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig
     optimizer = torch.optim.Adam([{"params": model.decoder_parameters(), "lr": tc.lr},
                                   {"params": model.embeddings.parameters(), "lr": tc.embedding_lr}],
                                  betas=(tc.betas[0], tc.betas[1]))
-    loss_fn = AutodecoderLoss(config.loss).to(dev)
+    loss_fn = AutodecoderLoss(config.loss, config.model.geometry).to(dev)
     batcher = Batcher(objects, shard, tc.views_per_object, tc.seed)
     step = restore_state(run, model, optimizer, batcher.rng, dev) if resume else 0
     distributed.split_rng(batcher.rng)
@@ -221,7 +225,8 @@ def _train(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig
 
     def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
         idx, views = batcher.draw()
-        return training_step(ddp, loss_fn, objects, idx, views, config, dev)
+        loss, terms = training_step(ddp, loss_fn, objects, idx, views, config, dev, model.geometry)
+        return loss, {**terms, **model.geometry.metrics()}
 
     step, stopped, terms = run_steps(
         run, step, total, batch_loss, optimizer,
