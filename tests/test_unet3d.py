@@ -170,6 +170,32 @@ def test_cfg_weight_one_is_the_conditional_model_and_batched_cfg_is_exact():
     assert (got - conditional).abs().max() > 1e-3
 
 
+def test_residual_target_diffuses_the_difference_and_adds_the_neutral_back():
+    latent_cfg = micro(identity_volume=True)
+    residual_cfg = micro(identity_volume=True)
+    residual_cfg.target = "residual"
+    latent = randomize_zero_init(ConditionalDenoiser(latent_cfg)).eval()
+    residual = ConditionalDenoiser(residual_cfg).eval()
+    residual.load_state_dict(latent.state_dict())          # the same network, another target
+    noise, bs, ident = inputs(latent_cfg, 2, seed=4)
+    y = ident + 0.05 * noise
+    gen = lambda: torch.Generator().manual_seed(9)  # noqa: E731
+    with torch.no_grad():
+        assert torch.equal(residual.loss(y, bs, ident, generator=gen()), latent.loss(y - ident, bs, ident, generator=gen()))
+        got = residual.sample(bs, ident, noise=noise, num_steps=3)
+        assert torch.allclose(got, latent.sample(bs, ident, noise=noise, num_steps=3) + ident, atol=1e-6)
+
+
+def test_residual_target_takes_sigma_data_from_the_training_residuals():
+    from facestudio.models.diffusion_config import tiny as diffusion_tiny
+
+    cfg = diffusion_tiny()
+    assert cfg.denoiser.target == "latent"
+    assert cfg.for_latents(16, 8, residual_std=0.07).denoiser.sigma_data == 0.5      # EDM's default stays
+    cfg.denoiser.target = "residual"
+    assert cfg.for_latents(16, 8, residual_std=0.07).denoiser.sigma_data == pytest.approx(0.07)
+
+
 def test_generation_is_deterministic_for_a_seed():
     cfg = micro()
     model = randomize_zero_init(ConditionalDenoiser(cfg)).eval()

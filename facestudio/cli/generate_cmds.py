@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from facestudio.cli.console import end_progress, show_progress
+from facestudio.paths import find_run, runs_dir
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
@@ -69,7 +70,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "expression", parents=[common], help="expression transfer on synthetic people vs two baselines",
         description="Trains both stages (tiny) on synthetic identities, generates held-out (identity, "
                     "expression) pairs, reports surface distance and expression error vs the exact meshes.")
-    q.add_argument("--minutes", type=float, default=20.0, help="training budget, both stages (default 20)")
+    q.add_argument("--minutes", type=float, default=20.0,
+                   help="training budget: 2/3 for the autodecoder, 1/3 for each diffusion target (default 20)")
+    q.add_argument("--targets", default="latent",
+                   help="what the diffusion model generates, comma-separated to compare them on one autodecoder: "
+                        "latent (3DVADER's, the presets'), residual (from the neutral latent) (default latent)")
     q.add_argument("--train-identities", type=int, default=4, help="identities with all expressions (default 4)")
     q.add_argument("--heldout-identities", type=int, default=2, help="identities seen only neutral (default 2)")
     q.add_argument("--face-model", metavar="PATH",
@@ -88,42 +93,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q.set_defaults(func=run_bench_generate)
 
 
-def runs_root(library: str | None, stage: str) -> Path:
-    from facestudio.paths import library_root
-
-    return library_root(library) / "models" / stage
-
-
-def resolve_run(spec: str | None, library: str | None, stage: str) -> Path:
-    """A run folder, a run name under LIBRARY/models/STAGE, or (None) the newest run there."""
-    root = runs_root(library, stage)
-    if spec is None:
-        runs = sorted(p for p in root.glob("*") if (p / "config.toml").is_file()) if root.exists() else []
-        if not runs:
-            raise ValueError(f"no {stage} run under {root}; train one with `facestudio train {stage}`")
-        return runs[-1]
-    for candidate in (Path(spec).expanduser(), root / spec):
-        if (candidate / "config.toml").is_file():
-            return candidate
-    raise ValueError(f"no {stage} run {spec!r} (a run folder, or a name under {root})")
-
-
 def run_train_diffusion(args: argparse.Namespace) -> dict[str, Any] | None:
     from facestudio.cli.train_cmds import stop_on_signals, training_result
     from facestudio.models.diffusion_config import load_diffusion_config
     from facestudio.models.runs import format_progress
     from facestudio.models.train_diffusion import train_diffusion
 
-    init = resolve_run(args.init_from, args.library, "diffusion") if args.init_from else None
+    init = find_run(args.init_from, "diffusion", args.library) if args.init_from else None
     if args.resume:
-        run_dir, config = resolve_run(args.resume, args.library, "diffusion"), None
-        autodecoder = resolve_run(args.autodecoder, args.library, "autodecoder") if args.autodecoder else None
+        run_dir, config = find_run(args.resume, "diffusion", args.library), None
+        autodecoder = find_run(args.autodecoder, "autodecoder", args.library) if args.autodecoder else None
         if init is not None:
             raise ValueError("--resume continues a run's own weights; drop --init-from")
     else:
         config = load_diffusion_config(args.config)
-        autodecoder = resolve_run(args.autodecoder, args.library, "autodecoder")
-        run_dir = runs_root(args.library, "diffusion") / time.strftime("%Y%m%d-%H%M%S")
+        autodecoder = find_run(args.autodecoder, "autodecoder", args.library)
+        run_dir = runs_dir(args.library, "diffusion") / time.strftime("%Y%m%d-%H%M%S")
 
     def progress(p: dict[str, Any]) -> None:
         if not args.json:
@@ -135,10 +120,7 @@ def run_train_diffusion(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def run_generate(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-    import open3d as o3d
-
-    from facestudio.export.mesh import write_mesh
+    from facestudio.export.mesh import write_mesh_arrays
     from facestudio.generation.generate import Generator
     from facestudio.generation.presets import expression_vector
     from facestudio.models.train_autodecoder import resolve_device, set_threads
@@ -146,16 +128,13 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     weights = expression_vector(args.expr, args.preset)   # bad names fail before any model loads
     if args.steps is not None and args.steps < 1:
         raise ValueError("--steps must be >= 1")
-    gen = Generator(resolve_run(args.model, args.library, "diffusion"), str(resolve_device(args.device)))
+    gen = Generator(find_run(args.model, "diffusion", args.library), str(resolve_device(args.device)))
     threads = set_threads(gen.config.train.num_threads)
     t0 = time.perf_counter()
     verts, tris, colors = gen.generate(args.person, weights, args.seed, args.steps, args.guidance,
                                        "preview" if args.preview else "final")
     seconds = time.perf_counter() - t0
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts.astype(np.float64)),
-                                     o3d.utility.Vector3iVector(tris))
-    mesh.vertex_colors = o3d.utility.Vector3dVector(colors.astype(np.float64) / 255.0)
-    path = write_mesh(mesh, args.out)
+    path = write_mesh_arrays(verts, tris, colors, args.out)
     return {"out": str(path), "model": str(gen.run_dir), "person": args.person, "seed": args.seed,
             "expression": {k: float(v) for k, v in zip(_names(), weights) if v > 0},
             "vertices": int(len(verts)), "triangles": int(len(tris)), "seconds": round(seconds, 3),
@@ -193,12 +172,17 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.generation.evaluate import make_protocol_data, score_pair, summarise
     from facestudio.generation.generate import Generator
     from facestudio.models.config import tiny as autodecoder_tiny
+    from facestudio.models.denoiser import TARGETS
     from facestudio.models.diffusion_config import tiny as diffusion_tiny
+    from facestudio.models.edm import SIGMA_DATA
     from facestudio.models.train_autodecoder import train_autodecoder
     from facestudio.models.train_diffusion import train_diffusion
 
     if args.minutes <= 0 or args.train_identities < 2 or args.heldout_identities < 1:
         raise ValueError("--minutes must be > 0, --train-identities >= 2, --heldout-identities >= 1")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not targets or any(t not in TARGETS for t in targets) or len(set(targets)) != len(targets):
+        raise ValueError(f"--targets: a comma-separated list of distinct {', '.join(TARGETS)}")
     face_model = args.face_model or default_face_model(args.library)
     if face_model is not None and not Path(face_model).is_file():
         raise ValueError(f"--face-model {face_model} does not exist")
@@ -211,27 +195,35 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
         # The autodecoder bounds everything downstream: it gets 2/3 of the budget.
         ad = _timed(lambda stop: train_autodecoder(train, root / "autodecoder", autodecoder_tiny(), args.device,
                                                    10 ** 9, stop_event=stop), args.minutes * 60 * 2 / 3, args.json)
-        diff = _timed(lambda stop: train_diffusion(root / "autodecoder", root / "diffusion", diffusion_tiny(),
-                                                   args.device, 10 ** 9, stop_event=stop), args.minutes * 60 / 3,
-                      args.json)
-        gen = Generator(root / "diffusion", "cpu")
-        t1 = time.monotonic()
-        rows = []
-        for p in pairs:
-            try:
-                rows.append(score_pair(gen, p))
-            except ValueError as exc:   # e.g. no surface at the mesh level: a failure to report
-                rows.append({"group": p.group, "label": p.label, "error": str(exc)})
-        eval_s = time.monotonic() - t1
+        results = {}
+        for target in targets:
+            config = diffusion_tiny()
+            config.denoiser.target = target
+            if target == "latent":
+                config.denoiser.sigma_data = SIGMA_DATA   # EDM's; "residual" takes the data's at the start
+            run = root / f"diffusion-{target}"
+            diff = _timed(lambda stop: train_diffusion(root / "autodecoder", run, config, args.device, 10 ** 9,
+                                                       stop_event=stop), args.minutes * 60 / 3, args.json)
+            gen = Generator(run, "cpu")
+            t1 = time.monotonic()
+            rows = []
+            for p in pairs:
+                try:
+                    rows.append(score_pair(gen, p))
+                except ValueError as exc:   # e.g. no surface at the mesh level: a failure to report
+                    rows.append({"group": p.group, "label": p.label, "error": str(exc)})
+            results[target] = {
+                "diffusion_steps": diff["step"], "eval_seconds": round(time.monotonic() - t1, 1),
+                "summary": summarise(rows),
+                "per_pair": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
     return {"face_model": "ict" if face_model else "procedural", "preset": "tiny",
             "train_identities": args.train_identities, "heldout_identities": args.heldout_identities,
-            "training_segments": len(train), "pairs": len(rows), "minutes": args.minutes,
-            "autodecoder_steps": ad["step"], "diffusion_steps": diff["step"], "threads": ad["threads"],
+            "training_segments": len(train), "pairs": len(pairs), "minutes": args.minutes,
+            "autodecoder_steps": ad["step"], "threads": ad["threads"],
             "sampling_steps": gen.config.sampling.final_steps, "guidance": gen.config.sampling.guidance,
-            "data_seconds": round(data_s, 1), "eval_seconds": round(eval_s, 1),
+            "data_seconds": round(data_s, 1),
             "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-            "summary": summarise(rows), "per_pair": [{k: (round(v, 3) if isinstance(v, float) else v)
-                                                      for k, v in r.items()} for r in rows]}
+            "targets": results}
 
 
 def _timed(train: Any, seconds: float, quiet: bool) -> dict[str, Any]:
@@ -258,7 +250,7 @@ def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     if args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
     device = resolve_device(args.device)
-    gen = Generator(resolve_run(args.model, args.library, "diffusion"), str(device))
+    gen = Generator(find_run(args.model, "diffusion", args.library), str(device))
     threads = set_threads(gen.config.train.num_threads)
     person = gen.data.subjects[0]
     gen.person_latent(person)      # a person is encoded once, before the sliders move

@@ -116,7 +116,8 @@ class Generator:
     def decode(self, latent: torch.Tensor, mesh_upsample: int = 2) -> Mesh:
         """A normalised latent -> de-normalise -> G2 -> marching cubes (colors from the grid)."""
         raw = self.autodecoder.model.g2(denormalise(latent.to(self.device), self.data.stats)[None])[0]
-        return grid_to_mesh(raw, self.box, self.config.sampling.threshold, mesh_upsample)
+        return grid_to_mesh(raw, self.box, self.config.sampling.threshold, mesh_upsample,
+                            self.autodecoder.model.geometry)
 
     def generate(self, person: str | Path, blendshapes: np.ndarray, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, quality: str = "final") -> Mesh:

@@ -13,10 +13,11 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMainWindow,
-                               QProgressBar, QSplitter, QStackedWidget, QWidget)
+                               QProgressBar, QSplitter, QStackedWidget, QVBoxLayout, QWidget)
 
 from facestudio.gui.capture_panel import CapturePanel, SourceFactory
 from facestudio.gui.dialogs import LogViewer, SettingsDialog, show_about
+from facestudio.gui.first_steps import FirstSteps
 from facestudio.gui.library_panel import LibraryPanel
 from facestudio.gui.train_panel import TrainPanel
 from facestudio.gui.generate_panel import GeneratePanel
@@ -50,13 +51,23 @@ class MainWindow(QMainWindow):
         self.nav = QListWidget()
         self.nav.setObjectName("nav")
         self.nav.setIconSize(QSize(18, 18))
-        self.nav.setFixedWidth(168)
+        self.first_steps = FirstSteps(library)
+        sidebar = QWidget()
+        sidebar.setObjectName("sidebar")
+        sidebar.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        sidebar.setFixedWidth(188)
+        side = QVBoxLayout(sidebar)
+        side.setContentsMargins(0, 0, 0, 0)
+        side.setSpacing(0)
+        side.addWidget(self.nav, 1)
+        side.addWidget(self.first_steps)
         self.pages = QStackedWidget()
         self.pages.setObjectName("pages")
         for name in STEPS:
             self.nav.addItem(QListWidgetItem(name))
             self.pages.addWidget(panels[name])
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.nav.currentRowChanged.connect(lambda _row: self.first_steps.refresh())
         self.nav.setCurrentRow(0)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -70,7 +81,7 @@ class MainWindow(QMainWindow):
         layout = QHBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.nav)
+        layout.addWidget(sidebar)
         layout.addWidget(splitter, 1)
         self.setCentralWidget(central)
 
@@ -91,6 +102,7 @@ class MainWindow(QMainWindow):
         for panel in (self.library_panel, self.train_panel, self.generate_panel):
             panel.notice.connect(self._notice)
         self.library_panel.capture_requested.connect(lambda: self.show_step("Capture"))
+        self.first_steps.page_requested.connect(self.show_step)
         self._build_menu()
 
     def _build_menu(self) -> None:
@@ -164,6 +176,7 @@ class MainWindow(QMainWindow):
 
     def _jobs_changed(self, names: list[str]) -> None:
         self.jobs_label.setText(f"Jobs: {', '.join(names)}" if names else "No background jobs")
+        self.first_steps.refresh()   # a job that ended may have added a take, a segment or a model
 
     def _fuse_progress(self, percent: int) -> None:
         """The running fusion's progress next to the job list (-1: none runs)."""

@@ -3,6 +3,13 @@
 D(x; sigma, expression, identity) denoises robust-normalised autodecoder latents (B, C, 8, 8, 8)
 (normalise before training, de-normalise before G2 - REFERENCE.md sec. 1). The identity input
 is the person's neutral latent in the same normalised space.
+
+What is diffused (``target``): the expression latent itself, as in 3DVADER (both presets), or
+its *residual* from the person's neutral latent, which the sampler adds back (EDM's sigma_data is
+then the residuals' own standard deviation, filled in from the training data). The residual looks
+like the easier problem - an expression moves a face by millimetres - but measured on the
+synthetic protocol it was worse: 2.07 mm expression error against 1.22 mm for the latent target
+with the neutral latent as input channels (BENCHMARKS.md, `eval expression --targets`).
 """
 
 from __future__ import annotations
@@ -18,19 +25,25 @@ from facestudio.models.edm import SIGMA_DATA, EDMPrecond, cfg_combine, edm_loss,
 from facestudio.models.unet3d import UNet3D, UNet3DConfig
 
 
+TARGETS = ("latent", "residual")
+
+
 @dataclass
 class DenoiserConfig:
     unet: UNet3DConfig = field(default_factory=UNet3DConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
-    sigma_data: float = SIGMA_DATA
+    target: str = "latent"              # "latent" (3DVADER) or "residual" (latent - neutral latent)
+    sigma_data: float = SIGMA_DATA      # for "residual": the residuals' std, set when training starts
 
     def validate(self) -> "DenoiserConfig":
         self.unet.validate()
         self.conditioning.validate()
         if self.unet.resolution % self.conditioning.identity_patch:
             raise ValueError("conditioning.identity_patch: must divide unet.resolution")
+        if self.target not in TARGETS:
+            raise ValueError(f"denoiser.target: must be one of {', '.join(TARGETS)}")
         if self.sigma_data <= 0:
-            raise ValueError("sigma_data: must be > 0")
+            raise ValueError("denoiser.sigma_data: must be > 0")
         return self
 
 
@@ -84,18 +97,24 @@ class ConditionalDenoiser(nn.Module):
         """D(x; sigma) given the conditions; drop flags (B,) bool mask a condition out (CFG training)."""
         return self.model(x, sigma, *self.encode(blendshapes, identity_latent, drop_expression, drop_identity))
 
+    def diffused(self, latents: torch.Tensor, identity_latent: torch.Tensor) -> torch.Tensor:
+        """What the diffusion runs on for these (normalised) latents: themselves or their residual."""
+        return latents - identity_latent if self.cfg.target == "residual" else latents
+
     def loss(self, y: torch.Tensor, blendshapes: torch.Tensor, identity_latent: torch.Tensor,
              drop_expression: torch.Tensor | None = None, drop_identity: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample EDM training loss (edm.edm_loss), shape (B,)."""
+        """Per-sample EDM training loss (edm.edm_loss) for expression latents ``y``, shape (B,)."""
         context = self.encode(blendshapes, identity_latent, drop_expression, drop_identity)
-        return edm_loss(self.model, y, *context, sigma_data=self.cfg.sigma_data, generator=generator)
+        return edm_loss(self.model, self.diffused(y, identity_latent), *context, sigma_data=self.cfg.sigma_data,
+                        generator=generator)
 
     @torch.no_grad()
     def sample(self, blendshapes: torch.Tensor, identity_latent: torch.Tensor, *, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None, num_steps: int = 32, guidance: float = 1.0,
                guide_identity: bool = True, **sampler: Any) -> torch.Tensor:
-        """Normalised latents (B, C, R, R, R) by the Heun sampler with classifier-free guidance.
+        """Normalised expression latents (B, C, R, R, R) by the Heun sampler with classifier-free
+        guidance (for the residual target: the neutral latent plus the sampled residual).
 
         ``noise`` (standard normal, the latents' shape) or else ``generator`` fixes the result
         (with no churn). Guidance contrasts the full condition with the unconditional model
@@ -111,14 +130,16 @@ class ConditionalDenoiser(nn.Module):
         noise = noise.to(device=device, dtype=identity_latent.dtype)
         cond = self.encode(blendshapes, identity_latent)
         if guidance == 1.0:
-            return heun_sample(lambda x, s: self.model(x, s, *cond), noise, num_steps,
-                               generator=generator, **sampler)
-        drop_e = torch.ones(b, dtype=torch.bool, device=device)
-        uncond = self.encode(blendshapes, identity_latent, drop_e, drop_e if guide_identity else ~drop_e)
-        both = [torch.cat(pair) for pair in zip(cond, uncond)]
+            def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                return self.model(x, sigma, *cond)
+        else:
+            drop_e = torch.ones(b, dtype=torch.bool, device=device)
+            uncond = self.encode(blendshapes, identity_latent, drop_e, drop_e if guide_identity else ~drop_e)
+            both = [torch.cat(pair) for pair in zip(cond, uncond)]
 
-        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            d_cond, d_uncond = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), *both).chunk(2)
-            return cfg_combine(d_cond, d_uncond, guidance)
+            def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                d_cond, d_uncond = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), *both).chunk(2)
+                return cfg_combine(d_cond, d_uncond, guidance)
 
-        return heun_sample(denoise, noise, num_steps, generator=generator, **sampler)
+        out = heun_sample(denoise, noise, num_steps, generator=generator, **sampler)
+        return out + identity_latent if self.cfg.target == "residual" else out

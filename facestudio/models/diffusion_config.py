@@ -4,7 +4,8 @@ Same conventions as the autodecoder's config (:mod:`facestudio.models.config`): 
 dataclasses, strict TOML round-trip (an unknown or mistyped key names itself), presets ``tiny``
 (minutes on a 2-core CPU) and ``paper`` (3DVADER's U-Net sizes, REFERENCE.md sec. 1).
 The latent channel count is not configured here: it is the autodecoder run's, filled in by
-:func:`for_latents` when training starts.
+:func:`for_latents` when training starts, as is the data's standard deviation for the residual
+target (``denoiser.sigma_data``).
 """
 
 from __future__ import annotations
@@ -77,9 +78,12 @@ class DiffusionConfig:
         self.sampling.validate()
         return self
 
-    def for_latents(self, channels: int, resolution: int) -> "DiffusionConfig":
-        """The config with the U-Net sized to an autodecoder's latent (C, R, R, R)."""
+    def for_latents(self, channels: int, resolution: int, residual_std: float) -> "DiffusionConfig":
+        """The config with the U-Net sized to an autodecoder's latent (C, R, R, R) and, for the
+        residual target, EDM's sigma_data set to the training residuals' standard deviation."""
         self.denoiser.unet.in_channels, self.denoiser.unet.resolution = channels, resolution
+        if self.denoiser.target == "residual":
+            self.denoiser.sigma_data = max(float(residual_std), 1e-4)
         return self.validate()
 
 

@@ -102,7 +102,8 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
     data = load_latent_set(trained)
     c, r = data.latents.shape[1], data.latents.shape[-1]
     if not resume:
-        config = (config or tiny()).for_latents(c, r)
+        residuals = data.latents - data.identity_latents(torch.arange(len(data.names)))
+        config = (config or tiny()).for_latents(c, r, float(residuals.std()))
         run = Run.create(run_dir, config)
         run.write_json(SEGMENTS_FILE, {"names": data.names, "autodecoder": str(Path(autodecoder_run).resolve())})
     assert config is not None
