@@ -191,6 +191,15 @@ def test_preview_and_final_quality_both_give_meshes(generator):
 
 
 @pytest.mark.slow
+def test_stage1_reconstruction_scores_the_trained_expressions(autodecoder_run):
+    from facestudio.generation.evaluate import stage1_reconstruction
+    from facestudio.models.train_autodecoder import load_trained
+
+    result = stage1_reconstruction(load_trained(autodecoder_run), threshold=0.2)
+    assert result["segments"] == 1 and result["failed"] == 0   # identity 0: its one expression vs its neutral
+    assert result["true_motion_mm"] > 0 and np.isfinite(result["autodecoder_expression_mm"])
+
+
 def test_unseen_neutral_segment_is_encoded_once_and_cached(diffusion_run, tmp_path):
     from facestudio.generation.generate import Generator
     from facestudio.models.synthetic_segments import make_synthetic_segments

@@ -169,13 +169,13 @@ def run_synth(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.cli.model_eval_cmds import default_face_model
-    from facestudio.generation.evaluate import make_protocol_data, score_pair, summarise
+    from facestudio.generation.evaluate import make_protocol_data, score_pair, stage1_reconstruction, summarise
     from facestudio.generation.generate import Generator
     from facestudio.models.config import tiny as autodecoder_tiny
     from facestudio.models.denoiser import TARGETS
     from facestudio.models.diffusion_config import tiny as diffusion_tiny
     from facestudio.models.edm import SIGMA_DATA
-    from facestudio.models.train_autodecoder import train_autodecoder
+    from facestudio.models.train_autodecoder import load_trained, train_autodecoder
     from facestudio.models.train_diffusion import train_diffusion
 
     if args.minutes <= 0 or args.train_identities < 2 or args.heldout_identities < 1:
@@ -195,6 +195,7 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
         # The autodecoder bounds everything downstream: it gets 2/3 of the budget.
         ad = _timed(lambda stop: train_autodecoder(train, root / "autodecoder", autodecoder_tiny(), args.device,
                                                    10 ** 9, stop_event=stop), args.minutes * 60 * 2 / 3, args.json)
+        ceiling = stage1_reconstruction(load_trained(root / "autodecoder"))
         results = {}
         for target in targets:
             config = diffusion_tiny()
@@ -223,7 +224,7 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
             "sampling_steps": gen.config.sampling.final_steps, "guidance": gen.config.sampling.guidance,
             "data_seconds": round(data_s, 1),
             "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-            "targets": results}
+            "stage1_reconstruction": ceiling, "targets": results}
 
 
 def _timed(train: Any, seconds: float, quiet: bool) -> dict[str, Any]:

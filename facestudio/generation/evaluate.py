@@ -20,7 +20,9 @@ All meshes of a person are moved by one rigid transform (ICP of the person's dec
 onto the true neutral's face region), so alignment cannot absorb the expression itself.
 Baselines in the same run: (a) the decoded neutral unchanged (its expression error is the mean
 true motion); (b) the training sample nearest in blendshape space, transferred as its latent
-displacement from its own subject's neutral added to the person's latent.
+displacement from its own subject's neutral added to the person's latent. Beside them, the
+autodecoder's own reconstructions of the training expressions (:func:`stage1_reconstruction`)
+show how much of the error stage 1 already brings.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ import open3d as o3d
 import torch
 
 from facestudio.capture.virtual.source import SyntheticFaceSource
+from facestudio.dataset.segment import Segment
 from facestudio.generation.generate import Generator, Mesh
 from facestudio.models.evaluate import mesh_distance_mm
-from facestudio.models.synthetic_segments import write_synthetic_segment
+from facestudio.models.mesh import DEFAULT_THRESHOLD, grid_to_mesh
+from facestudio.models.render import Box
+from facestudio.models.synthetic_segments import load_truth, write_synthetic_segment
+from facestudio.models.train_autodecoder import TrainedAutodecoder
 
 RAY_START_M = 0.03          # rays start this far outside the true neutral surface
 OWN_VERTEX_M = 5e-4         # a ray whose first true-neutral hit is farther from its vertex is hidden
@@ -134,23 +140,73 @@ def score_pair(gen: Generator, pair: Pair, seed: int = 0) -> dict[str, Any]:
     nearest = int(torch.cdist(torch.from_numpy(pair.blendshapes)[None], data.blendshapes)[0].argmin())
     transfer = identity + data.latents[nearest] - data.latents[data.identity_index[nearest]]
     baseline_b = gen.decode(transfer)
+    meshes = {"ours": (ours, ours_ref), "neutral": (neutral, neutral), "nearest_transfer": (baseline_b, neutral)}
+    row: dict[str, Any] = {"group": pair.group, "person": Path(pair.person).parent.parent.name
+                           if pair.group == "heldout_identity" else pair.person, "label": pair.label,
+                           "nearest_training_sample": data.names[nearest]}
+    return {**row, **score_meshes(pair, meshes, neutral)}
+
+
+def score_meshes(pair: Pair, meshes: dict[str, tuple[Mesh, Mesh]], neutral: Mesh) -> dict[str, Any]:
+    """Per method (name -> (its expression mesh, its neutral reference)): surface distance of the
+    expression mesh and expression error of its motion from the reference, after aligning
+    ``neutral`` (the person's decoded neutral) to the true one."""
     align = rigid_align(neutral, pair)
     rays = normal_rays(pair)
     true_move = moved(rays, pair.truth_expression, pair.triangles)
     truth = {"vertices": pair.truth_expression, "triangles": pair.triangles, "face_vertex_mask": pair.face_mask}
-    meshes = {"ours": (ours, ours_ref), "neutral": (neutral, neutral), "nearest_transfer": (baseline_b, neutral)}
     moves = {k: moved(rays, *_apply(m, align)[:2]) - moved(rays, *_apply(ref, align)[:2])
              for k, (m, ref) in meshes.items()}
     # Beyond RAY_START_M the true expression was met through a hole (e.g. an opened eye socket).
     valid = (np.abs(true_move) <= RAY_START_M) & np.all([np.isfinite(m) for m in moves.values()], axis=0)
-    row: dict[str, Any] = {"group": pair.group, "person": Path(pair.person).parent.parent.name
-                           if pair.group == "heldout_identity" else pair.person, "label": pair.label,
-                           "nearest_training_sample": data.names[nearest], "rays_valid": int(valid.sum()),
+    row: dict[str, Any] = {"rays_valid": int(valid.sum()),
                            "true_motion_mm": float(np.abs(true_move[valid]).mean() * 1000)}
     for k, (m, _) in meshes.items():
         row[f"{k}_surface_mm"] = mesh_distance_mm(*_apply(m, align)[:2], truth)["mesh_distance_mm"]
         row[f"{k}_expression_mm"] = float(np.abs(moves[k][valid] - true_move[valid]).mean() * 1000)
     return row
+
+
+@torch.no_grad()
+def stage1_reconstruction(trained: TrainedAutodecoder, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """The autodecoder's own expression error on the expressions it was trained on.
+
+    Every training identity's decoded training expressions are scored against its decoded
+    neutral exactly like a generated pair. A generator can hardly beat the decoder reproducing
+    the very segments it was fitted to, so when this comes close to the neutral baseline, stage 1
+    (its resolution, its training time) limits the protocol, not stage 2.
+    """
+    model, geometry = trained.model, trained.model.geometry
+    infos = [Segment(p).info for p in trained.segment_paths]
+
+    def mesh(index: int) -> Mesh:
+        info = infos[index]
+        return grid_to_mesh(model(torch.tensor([index]))[0], Box(tuple(info.box_center), info.box_size),
+                            threshold, geometry=geometry)
+
+    rows, failed = [], 0
+    for subject in sorted({i.subject for i in infos}):
+        own = [k for k, i in enumerate(infos) if i.subject == subject]
+        neutral_index = next((k for k in own if infos[k].label == "neutral"), None)
+        neutral_truth = load_truth(trained.segment_paths[neutral_index]) if neutral_index is not None else None
+        truths = {k: t for k in own if k != neutral_index and (t := load_truth(trained.segment_paths[k])) is not None}
+        if neutral_truth is None or not truths:
+            continue
+        try:
+            neutral = mesh(neutral_index)
+        except ValueError:   # no surface at the level: counted, as the pairs' failures are
+            failed += len(truths)
+            continue
+        for k, truth in truths.items():
+            pair = Pair("train_identity", subject, infos[k].label, np.asarray(infos[k].blendshapes, np.float32),
+                        neutral_truth["vertices"], truth["vertices"], truth["triangles"],
+                        neutral_truth["face_vertex_mask"].astype(bool))
+            try:
+                rows.append(score_meshes(pair, {"autodecoder": (mesh(k), neutral)}, neutral))
+            except ValueError:
+                failed += 1
+    mean = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0] if k.endswith("_mm")} if rows else {}
+    return {"segments": len(rows), "failed": failed, **mean}
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def first_steps(library: Path) -> list[Step]:
              _exists(root, "datasets/*/*/*/segment.json")),
         Step("Train the autodecoder", "Train", "Stage 1 with the tiny preset takes minutes on a laptop.",
              _exists(root, "models/autodecoder/*/checkpoints/latest")),
-        Step("Train the diffusion model", "Train", "Stage 2 learns expressions from stage 1's latents; "
+        Step("Train diffusion model", "Train", "Stage 2 learns expressions from stage 1's latents; "
              "then Generate: pick a person, drag the expression sliders, export the mesh.",
              _exists(root, "models/diffusion/*/checkpoints/latest")),
     ]
