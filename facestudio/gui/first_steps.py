@@ -50,7 +50,7 @@ class FirstSteps(QWidget):
     def refresh(self) -> None:
         """Re-read the library (a few globs): call when work that adds files has ended."""
         self.steps = first_steps(self.library)
-        upcoming = next((s for s in self.steps if not s.done), None)
+        upcoming = self.next_step()
         self.setVisible(upcoming is not None)
         for i, (step, button) in enumerate(zip(self.steps, self.buttons)):
             mark = "✓" if step.done else f"{i + 1}."
