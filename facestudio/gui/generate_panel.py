@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
                                QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QSpinBox,
                                QVBoxLayout, QWidget)
@@ -35,7 +35,7 @@ from facestudio.gui.latest_worker import LatestWorker
 from facestudio.gui.live_input import LiveInput
 from facestudio.gui.mesh_layer import MeshLayer
 from facestudio.gui.model_runs import Person, RunInfo
-from facestudio.gui.pages import Banner, hint, page_title
+from facestudio.gui.pages import Banner, hint, page_header
 from facestudio.gui.viewport import Viewport
 from facestudio.gui.workers import Job, Jobs
 from facestudio.settings import current_settings
@@ -198,11 +198,8 @@ class GeneratePanel(QWidget):
         out.addLayout(buttons, 1, 0, 1, 8)
         out.addWidget(self.live_label, 2, 0, 1, 8)
 
-        header = QHBoxLayout()
-        header.addWidget(page_title("Generate"))
-        header.addSpacing(12)
         self.summary_label = hint("Reading the trained models…")
-        header.addWidget(self.summary_label, 1, Qt.AlignmentFlag.AlignBottom)
+        header = page_header("Generate", self.summary_label)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(14, 12, 14, 12)
         layout.addLayout(header)

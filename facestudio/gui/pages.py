@@ -1,4 +1,4 @@
-"""Building blocks the Train and Generate pages share: a page title and a message banner.
+"""Building blocks the pages share: a page header (title and summary) and a message banner.
 
 Background work reports its outcome in the page it belongs to (a banner the user can read
 and select), never in a modal dialog that would stop the live viewport or a training run.
@@ -7,13 +7,22 @@ and select), never in a modal dialog that would stop the live viewport or a trai
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QWidget
 
 
 def page_title(text: str) -> QLabel:
     title = QLabel(text)
     title.setObjectName("pageTitle")
     return title
+
+
+def page_header(title: str, summary: QLabel) -> QHBoxLayout:
+    """The page's title with its one-line summary beside it, aligned on the title's baseline."""
+    header = QHBoxLayout()
+    header.addWidget(page_title(title))
+    header.addSpacing(12)
+    header.addWidget(summary, 1, Qt.AlignmentFlag.AlignBottom)
+    return header
 
 
 def hint(text: str) -> QLabel:

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (QComboBox, QFormLayout, QGridLayout, QGroupBox, Q
 from facestudio.gui.imaging import rgb_to_qimage
 from facestudio.gui.loss_plot import LossPlot
 from facestudio.gui.model_runs import RunInfo, gui_threads, new_run_dir
-from facestudio.gui.pages import Banner, hint, page_title
+from facestudio.gui.pages import Banner, hint, page_header
 from facestudio.gui.workers import Job, Jobs
 from facestudio.settings import current_settings, with_settings_vgg19
 
@@ -175,11 +175,8 @@ class TrainPanel(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(content)
-        header = QHBoxLayout()
-        header.addWidget(page_title("Train"))
-        header.addSpacing(12)
         self.summary_label = hint("Reading the runs in the library…")
-        header.addWidget(self.summary_label, 1, Qt.AlignmentFlag.AlignBottom)
+        header = page_header("Train", self.summary_label)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(14, 12, 14, 12)
         layout.addLayout(header)

@@ -8,8 +8,9 @@ What is diffused (``target``): the expression latent itself, as in 3DVADER (both
 its *residual* from the person's neutral latent, which the sampler adds back (EDM's sigma_data is
 then the residuals' own standard deviation, filled in from the training data). The residual looks
 like the easier problem - an expression moves a face by millimetres - but measured on the
-synthetic protocol it was worse: 2.29 mm expression error against 1.27 mm for the latent target
-with the neutral latent as input channels (BENCHMARKS.md, `eval expression --targets`).
+synthetic protocol it was worse in both runs: 2.29 and 1.83 mm expression error against 1.27
+and 1.19 mm for the latent target with the neutral latent as input channels (BENCHMARKS.md,
+`eval expression --targets latent,residual`).
 """
 
 from __future__ import annotations
