@@ -112,6 +112,7 @@ def test_cli_rejects_unknown_blendshapes_before_loading_a_model(tmp_path, capsys
 # ---------------------------------------------------------------------- training
 
 def test_diffusion_resume_gives_the_same_next_step_loss(autodecoder_run, tmp_path):
+    from facestudio.models.runs import Run
     from facestudio.models.train_diffusion import train_diffusion
 
     cfg = small_diffusion()
@@ -123,16 +124,22 @@ def test_diffusion_resume_gives_the_same_next_step_loss(autodecoder_run, tmp_pat
     assert resumed[3] == straight[3] and resumed[4] == straight[4]
     names = json.loads((tmp_path / "resumed" / "segments.json").read_text())["names"]
     assert len(names) == 2
+    # The weight average resumes too: both runs end with the same live and averaged weights.
+    a, b = (Run(tmp_path / name).load_checkpoint().model for name in ("straight", "resumed"))
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_init_from_starts_at_the_source_weights(autodecoder_run, diffusion_run, tmp_path):
+    from facestudio.models.ema import inference_weights, live
     from facestudio.models.runs import Run
     from facestudio.models.train_diffusion import train_diffusion
 
     train_diffusion(autodecoder_run, tmp_path / "ft", small_diffusion(lr=1e-12), "cpu", 1, init_from=diffusion_run)
     src, ft = Run(diffusion_run).load_checkpoint().model, Run(tmp_path / "ft").load_checkpoint().model
-    assert src.keys() == ft.keys() and all(torch.allclose(src[k], ft[k], atol=1e-6) for k in src)
-    assert src["model.net.conv_out.weight"].abs().max() > 0      # trained away from its zero init
+    start = inference_weights(src)                                # a fine-tune starts from the average
+    assert start.keys() == live(ft).keys() and all(torch.allclose(start[k], ft[k], atol=1e-6) for k in start)
+    assert start["model.net.conv_out.weight"].abs().max() > 0      # trained away from its zero init
 
 
 # ---------------------------------------------------------------------- generator
@@ -143,24 +150,65 @@ def test_cfg_weight_one_equals_the_conditional_model(generator):
     identity = generator.person_latent("synth000")
     bs = np.zeros(52, np.float32)
     bs[17] = 0.7
-    ours = generator.latent(identity, bs, seed=3, steps=3, guidance=1.0)
+    ours = generator.sample(identity, bs, seed=3, steps=3, guidance=1.0)
     model = generator.model
     cond = model.encode(torch.from_numpy(bs)[None], identity[None])
     direct = heun_sample(lambda x, s: model.model(x, s, *cond), generator.noise(3), 3)[0]
     assert torch.equal(ours, direct)
-    guided = generator.latent(identity, bs, seed=3, steps=3, guidance=3.0)
+    guided = generator.sample(identity, bs, seed=3, steps=3, guidance=3.0)
     assert not torch.equal(ours, guided)
+
+
+def test_guidance_contrasts_with_the_identity_only_model_unless_configured(generator):
+    """sampling.guide_identity = false (the presets): guidance amplifies the expression alone,
+    D = D(e, i) + (w - 1) (D(e, i) - D(-, i)); true: against the unconditional model D(-, -)."""
+    from facestudio.models.edm import cfg_combine, heun_sample
+
+    identity = generator.person_latent("synth000")
+    bs = np.zeros(52, np.float32)
+    bs[17] = 0.7
+    model, b = generator.model, torch.from_numpy(bs)[None]
+    cond = model.encode(b, identity[None])
+    dropped = torch.ones(1, dtype=torch.bool)
+    results = []
+    for guide_identity, drop_identity in ((False, ~dropped), (True, dropped)):
+        generator.config.sampling.guide_identity = guide_identity
+        uncond = model.encode(b, identity[None], dropped, drop_identity)
+        expected = heun_sample(lambda x, s: cfg_combine(model.model(x, s, *cond), model.model(x, s, *uncond), 2.0),
+                               generator.noise(3), 3)[0]
+        results.append(generator.sample(identity, bs, seed=3, steps=3, guidance=2.0))
+        assert torch.allclose(results[-1], expected, atol=1e-4, rtol=1e-4)   # batched 2B vs one at a time
+    generator.config.sampling.guide_identity = False
+    assert (results[0] - results[1]).abs().max() > 1e-2
+
+
+def test_the_person_is_anchored_and_the_neutral_sample_is_reused(generator, monkeypatch):
+    identity = generator.person_latent("synth000")
+    bs = np.zeros(52, np.float32)
+    assert torch.equal(generator.latent(identity, bs, seed=2, steps=3), identity)   # neutral = the person
+    bs[17] = 0.7
+    expected = identity + generator.sample(identity, bs, 2, 3) - generator.sample(identity, 0 * bs, 2, 3)
+    calls, real_sample = [], generator.model.sample
+    monkeypatch.setattr(generator.model, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
+    assert torch.allclose(generator.latent(identity, bs, seed=2, steps=3), expected, atol=1e-6)
+    assert len(calls) == 1                     # the neutral sample of this person, seed and steps is cached
+    generator.latent(identity, bs, seed=4, steps=3)
+    assert len(calls) == 3                     # another seed: its own neutral sample
+    monkeypatch.setattr(generator.config.sampling, "anchor_to_person", False)
+    assert torch.equal(generator.latent(identity, bs, seed=2, steps=3), generator.sample(identity, bs, 2, 3))
 
 
 def test_generation_is_deterministic_and_nearby_expressions_give_nearby_latents(generator):
     identity = generator.person_latent("synth000")
     bs = np.zeros(52, np.float32)
-    a = generator.latent(identity, bs, seed=0, steps=3)
-    assert torch.equal(a, generator.latent(identity, bs, seed=0, steps=3))
+    bs[17] = 0.5
+    assert torch.equal(generator.latent(identity, bs, seed=0, steps=3), generator.latent(identity, bs, seed=0, steps=3))
+    # The sampler is a smooth map of the expression (the anchored latent is a difference of two samples).
+    a = generator.sample(identity, bs, seed=0, steps=3)
     near = bs.copy()
-    near[17] = 0.02
-    far_seed = generator.latent(identity, bs, seed=1, steps=3)
-    assert (generator.latent(identity, near, seed=0, steps=3) - a).norm() < 0.1 * (far_seed - a).norm()
+    near[17] = 0.52
+    far_seed = generator.sample(identity, bs, seed=1, steps=3)
+    assert (generator.sample(identity, near, seed=0, steps=3) - a).norm() < 0.1 * (far_seed - a).norm()
 
 
 def test_tiny_end_to_end_generate_writes_a_valid_ply(diffusion_run, tmp_path, capsys):
@@ -177,6 +225,18 @@ def test_tiny_end_to_end_generate_writes_a_valid_ply(diffusion_run, tmp_path, ca
     assert len(mesh.vertices) == result["vertices"] and len(mesh.triangles) > 100 and mesh.has_vertex_colors()
     tri = np.asarray(mesh.triangles)
     assert tri.max() < len(mesh.vertices)
+
+
+def test_bench_generate_reports_both_qualities_with_the_first_call_apart(diffusion_run, capsys):
+    from facestudio.cli.main import main
+
+    assert main(["bench", "generate", "--model", str(diffusion_run), "--repeats", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    for quality, steps in (("preview", 2), ("final", 3)):
+        q = result[quality]
+        assert q["steps"] == steps and q["network_calls"] == 2 * steps - 1 and q["vertices"] > 0
+        assert 0 < q["min_s"] <= q["median_s"] <= q["max_s"] and q["first_call_s"] > 0
+        assert q["meets_goal"] == (q["median_s"] <= q["goal_s"])
 
 
 def test_preview_and_final_quality_both_give_meshes(generator):

@@ -4,8 +4,10 @@ The person is given by a neutral segment (a training segment, a subject name, or
 model never saw, encoded once with the decoder frozen - no diffusion retraining). Sampling is
 the deterministic EDM Heun sampler from initial noise fixed by the seed, so the same seed with
 nearby expressions gives nearby faces (the probability-flow ODE is a smooth map; REFERENCE.md
-sec. 2) - what slider dragging needs. Preview quality uses few steps and marching cubes on the
-raw grid; final quality more steps and an upsampled grid.
+sec. 2) - what slider dragging needs. The sampled change from the neutral expression is added
+to the person's own latent (:meth:`Generator.latent`), so the face stays the person's. Preview
+quality uses few steps and marching cubes on the raw grid; final quality more steps and an
+upsampled grid.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from facestudio.dataset.segment import HEAD_BOX_CENTER, HEAD_BOX_SIZE, Segment, 
 from facestudio.faces.arkit import NUM_BLENDSHAPES
 from facestudio.models.denoiser import ConditionalDenoiser
 from facestudio.models.diffusion_config import DiffusionConfig, load_diffusion_config
+from facestudio.models.ema import inference_weights
 from facestudio.models.latents import denormalise, load_latent_set, normalise
 from facestudio.models.mesh import grid_to_mesh
 from facestudio.models.render import Box
@@ -54,12 +57,13 @@ class Generator:
         self.data = load_latent_set(self.autodecoder)
         self.model = ConditionalDenoiser(self.config.denoiser).to(self.device)
         ckpt = run.load_checkpoint(device=device)
-        self.model.load_state_dict(ckpt.model)
+        self.model.load_state_dict(inference_weights(ckpt.model))
         self.model.eval()
         self.step = ckpt.step
         self.encode_seconds = encode_seconds
         self.box = _box(self.autodecoder.segment_paths[0])
         self._people: dict[str, torch.Tensor] = {}
+        self._neutral_samples: list[tuple[torch.Tensor, tuple[int, int, float], torch.Tensor]] = []
         s = self.config.sampling
         self.quality = {"preview": Quality(s.preview_steps, s.preview_mesh_upsample),
                         "final": Quality(s.final_steps, s.final_mesh_upsample)}
@@ -101,16 +105,42 @@ class Generator:
         return torch.randn((1, *self.model.latent_shape), generator=gen)
 
     @torch.no_grad()
-    def latent(self, identity: torch.Tensor, blendshapes: np.ndarray | torch.Tensor, seed: int = 0,
+    def sample(self, identity: torch.Tensor, blendshapes: np.ndarray | torch.Tensor, seed: int = 0,
                steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
-        """Normalised sampled latent (C, R, R, R) for a normalised identity latent and 52 weights."""
+        """The diffusion model's normalised latent (C, R, R, R) for a normalised identity latent and
+        52 weights, from the seed's noise."""
         bs = torch.as_tensor(np.asarray(blendshapes, dtype=np.float32)).reshape(1, -1)
         if bs.shape[1] != NUM_BLENDSHAPES:
             raise ValueError(f"expected {NUM_BLENDSHAPES} blendshape weights, got {bs.shape[1]}")
         out = self.model.sample(bs.to(self.device), identity[None].to(self.device), noise=self.noise(seed),
                                 num_steps=steps or self.config.sampling.final_steps,
-                                guidance=self.config.sampling.guidance if guidance is None else guidance)
+                                guidance=self.config.sampling.guidance if guidance is None else guidance,
+                                guide_identity=self.config.sampling.guide_identity)
         return out[0]
+
+    @torch.no_grad()
+    def latent(self, identity: torch.Tensor, blendshapes: np.ndarray | torch.Tensor, seed: int = 0,
+               steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+        """The person's normalised latent (C, R, R, R) with the expression.
+
+        With ``sampling.anchor_to_person`` (the presets) it is the person's own latent plus the
+        sampled change: sample(expression) - sample(neutral expression), both from the seed's
+        noise. The sampled face drifts from the person (its neutral decodes farther from the
+        true face than the encoded latent does); the difference of two samples from the same
+        noise keeps the expression and cancels most of that drift, so the neutral expression
+        gives exactly the encoded person. The neutral sample is cached per person, seed, steps
+        and guidance, so dragging a slider costs one sample.
+        """
+        sampled = self.sample(identity, blendshapes, seed, steps, guidance)
+        if not self.config.sampling.anchor_to_person:
+            return sampled
+        key = (seed, steps or self.config.sampling.final_steps,
+               self.config.sampling.guidance if guidance is None else guidance)
+        neutral = next((n for i, k, n in self._neutral_samples if k == key and torch.equal(i, identity)), None)
+        if neutral is None:
+            neutral = self.sample(identity, np.zeros(NUM_BLENDSHAPES, np.float32), *key)
+            self._neutral_samples = [(identity, key, neutral), *self._neutral_samples[:7]]
+        return identity.to(sampled.device) + (sampled - neutral)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, mesh_upsample: int = 2) -> Mesh:

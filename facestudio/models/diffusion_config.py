@@ -28,6 +28,8 @@ class DiffusionTrainConfig:
     p_std: float = 1.2
     drop_expression: float = 0.1        # CFG: each condition dropped independently (Ho & Salimans 2022)
     drop_identity: float = 0.1
+    ema_halflife_steps: float = 500.0   # weight average (models.ema): half-life in optimizer steps ...
+    ema_rampup: float = 0.05            # ... at most this fraction of the steps so far (EDM's ramp-up)
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 10
@@ -39,6 +41,8 @@ class DiffusionTrainConfig:
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
                "must be two values in [0, 1)")
         _check(self.p_std > 0, "train.p_std", "must be > 0")
+        _check(self.ema_halflife_steps >= 0 and self.ema_rampup >= 0, "train.ema_*",
+               "half-life and ramp-up must be >= 0")
         for name in ("drop_expression", "drop_identity"):
             _check(0 <= getattr(self, name) < 1, f"train.{name}", "must be in [0, 1)")
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -53,6 +57,9 @@ class SamplingConfig:
     preview_steps: int = 4
     final_steps: int = 16
     guidance: float = 1.0               # CFG weight; 1 = the conditional model alone (one call per step)
+    guide_identity: bool = False        # guidance against: true, the unconditional model; false, the
+                                        # identity-only one (guides the expression alone)
+    anchor_to_person: bool = True       # person's latent + sampled change from the neutral (Generator.latent)
     preview_mesh_upsample: int = 1      # marching cubes on the raw grid (preview) or upsampled (final)
     final_mesh_upsample: int = 2
     threshold: float = 0.5              # per-voxel opacity level (models.mesh)
@@ -91,8 +98,9 @@ def tiny() -> DiffusionConfig:
     """denoiser.tiny with one residual block per level (~2.8 M parameters): 3D convolutions dominate
     on a CPU and one block per level roughly halves them (measured ~4x fewer ms per call than 2
     blocks); batch 4, since a batch-16 step took ~1-13 s on 2 shared cores and minutes must buy
-    hundreds of steps. Guidance 1 (one network call per evaluation), 3 preview / 12 final Heun steps
-    (5 / 23 calls) aim at the 300 ms / 2 s latency goals on 2 cores."""
+    hundreds of steps. Guidance 1 (one network call per evaluation): guiding the expression alone
+    helped one of three measured runs and hurt two (BENCHMARKS.md); 3 preview / 12 final Heun
+    steps (5 / 23 calls) aim at the 300 ms / 2 s latency goals on 2 cores."""
     den = denoiser.tiny()
     den.unet.num_blocks = 1
     return DiffusionConfig(preset="tiny", denoiser=den,
@@ -102,10 +110,12 @@ def tiny() -> DiffusionConfig:
 
 def paper() -> DiffusionConfig:
     """3DVADER: base 192, 3 blocks per level, 8^3 and 4^3 with self- and cross-attention, CFG
-    weight 3, 32 final sampling steps (16/32/64 reported; REFERENCE.md sec. 1)."""
+    weight 3, 32 final sampling steps (16/32/64 reported; REFERENCE.md sec. 1); EDM's weight
+    average (half-life 500k images, ramp-up 0.05)."""
     return DiffusionConfig(
         preset="paper", denoiser=denoiser.paper(),
-        train=DiffusionTrainConfig(lr=1e-4, batch_size=64, max_steps=200_000, checkpoint_every=2000, log_every=50),
+        train=DiffusionTrainConfig(lr=1e-4, batch_size=64, max_steps=200_000, checkpoint_every=2000, log_every=50,
+                                   ema_halflife_steps=7800),   # EDM's 500k images at batch 64
         sampling=SamplingConfig(preview_steps=6, final_steps=32, guidance=3.0)).validate()
 
 

@@ -5,7 +5,7 @@
         metrics.jsonl            one JSON object per logged step / evaluation, appended
         checkpoints/latest       name of the newest complete checkpoint (replaced atomically)
         checkpoints/step_NNNNNNNN/
-            model.safetensors    model weights
+            model.safetensors    model weights (a diffusion run adds their average as ema.*)
             state.safetensors    optimizer tensors + torch RNG state
             meta.json            step, optimizer scalars/param groups, numpy/python RNG, extras
 
@@ -36,8 +36,9 @@ import torch
 from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
-from facestudio.models import distributed
+from facestudio.models import distributed, ema
 from facestudio.models.config import save_config
+from facestudio.models.ema import WeightAverage
 from facestudio.storage import writing
 
 CONFIG_FILE = "config.toml"
@@ -241,26 +242,30 @@ def _listify(value: Any) -> Any:
 # ---------------------------------------------------------------------- a trainer's state and loop
 
 def save_state(run: Run, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               generator: np.random.Generator, keep: int) -> Path:
-    """Checkpoint everything the next step depends on: weights, optimizer, every RNG.
+               generator: np.random.Generator, keep: int, average: WeightAverage | None = None) -> Path:
+    """Checkpoint everything the next step depends on: weights (and their ``average``, if the
+    trainer keeps one), optimizer, every RNG.
 
     ``model`` is the unwrapped module, so the checkpoint is the same for any number of
     processes; the RNG is rank 0's, from which the other ranks then re-derive theirs.
     """
     opt_tensors, opt_meta = optimizer_to_checkpoint(optimizer)
     rng_tensors, rng_meta = capture_rng(generator)
-    path = run.save_checkpoint(Checkpoint(step, model.state_dict(), {**opt_tensors, **rng_tensors},
+    weights = {**model.state_dict(), **(average.state_dict() if average is not None else {})}
+    path = run.save_checkpoint(Checkpoint(step, weights, {**opt_tensors, **rng_tensors},
                                           {"optimizer": opt_meta, "rng": rng_meta}), keep)
     distributed.split_rng(generator)
     return path
 
 
 def restore_state(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  generator: np.random.Generator, device: torch.device) -> int:
+                  generator: np.random.Generator, device: torch.device, average: WeightAverage | None = None) -> int:
     """Load the newest checkpoint into a freshly built trainer; returns its step. Metrics logged
     after that checkpoint (by a run that crashed or was killed later) are dropped."""
     ckpt = run.load_checkpoint(device=str(device))
-    model.load_state_dict(ckpt.model)
+    model.load_state_dict(ema.live(ckpt.model))
+    if average is not None:
+        average.load(ckpt.model, model)
     optimizer_from_checkpoint(optimizer, ckpt.state, ckpt.meta["optimizer"])
     restore_rng(ckpt.state, ckpt.meta["rng"], generator)
     run.truncate_metrics(ckpt.step)
@@ -270,14 +275,16 @@ def restore_state(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
 def run_steps(run: Run, step: int, total: int, batch_loss: Callable[[], tuple[torch.Tensor, dict[str, float]]],
               optimizer: torch.optim.Optimizer, save: Callable[[int], Path], train: Any,
               progress_cb: Callable[[dict[str, Any]], None] | None = None,
-              stop_event: threading.Event | None = None) -> tuple[int, bool, dict[str, float]]:
+              stop_event: threading.Event | None = None,
+              after_step: Callable[[int], None] | None = None) -> tuple[int, bool, dict[str, float]]:
     """The loop every trainer shares: optimizer steps from ``step`` to ``total``, logging every
     ``train.log_every``, checkpointing every ``train.checkpoint_every`` and at the end.
 
     ``batch_loss()`` draws a batch and returns its loss and loss terms. A stop request on any
     process ends every process before the next step. The logged loss is the global batch's (the
     mean over processes); only rank 0 logs and calls ``progress_cb``. Returns the final step,
-    whether it stopped early and the last step's loss terms ("loss" first).
+    whether it stopped early and the last step's loss terms ("loss" first). ``after_step(step)``
+    runs after each optimizer step (e.g. a weight average's update).
     """
     progress = Progress(total, step)
     last_saved, stopped, terms = step, False, {"loss": float("nan")}
@@ -290,6 +297,8 @@ def run_steps(run: Run, step: int, total: int, batch_loss: Callable[[], tuple[to
         loss.backward()
         optimizer.step()
         step += 1
+        if after_step is not None:
+            after_step(step)
         terms = distributed.mean_over_ranks({"loss": float(loss.detach()), **parts})
         info = {**progress.update(step), **terms}
         if step % train.log_every == 0 or step == total:

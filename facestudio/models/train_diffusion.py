@@ -3,7 +3,8 @@
 EDM training (Karras et al. 2022; REFERENCE.md sec. 2) of :class:`ConditionalDenoiser` on the
 robust-normalised G1 latents (:mod:`facestudio.models.latents`), conditioned on the segment's
 52 blendshape weights and its subject's neutral latent, each condition dropped independently so
-classifier-free guidance can drop either at sampling. Same run layout and guarantees as the
+classifier-free guidance can drop either at sampling. Generation samples with an exponential moving
+average of the weights (:mod:`facestudio.models.ema`), as EDM does. Same run layout and guarantees as the
 autodecoder (:mod:`facestudio.models.runs`): atomic checkpoints with optimizer and RNG state, so
 a resumed run continues bit-for-bit; a stop event ends cleanly with a checkpoint; under torchrun
 the latents are sharded over the processes (:mod:`facestudio.models.distributed`).
@@ -29,6 +30,7 @@ from facestudio.models import distributed
 from facestudio.models.conditioning import ConditionDropout
 from facestudio.models.denoiser import ConditionalDenoiser
 from facestudio.models.diffusion_config import DiffusionConfig, load_diffusion_config, tiny
+from facestudio.models.ema import WeightAverage, inference_weights
 from facestudio.models.latents import LatentSet, load_latent_set
 from facestudio.models.runs import Run, restore_state, run_steps, save_state
 from facestudio.models.train_autodecoder import load_trained, resolve_device, set_threads
@@ -116,9 +118,10 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
     model = ConditionalDenoiser(config.denoiser).to(dev)
     if init_from is not None and not resume:
         _init_weights(model, Path(init_from))
+    average = WeightAverage(model, tc.ema_halflife_steps, tc.ema_rampup)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.betas[0], tc.betas[1]))
     rng = np.random.default_rng(tc.seed)
-    step = restore_state(run, model, optimizer, rng, dev) if resume else 0
+    step = restore_state(run, model, optimizer, rng, dev, average) if resume else 0
     distributed.split_rng(rng)
     training = distributed.wrap(EDMTraining(model), dev)
     total = max_steps if max_steps is not None else tc.max_steps
@@ -133,7 +136,8 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
 
     step, stopped, terms = run_steps(
         run, step, total, batch_loss, optimizer,
-        lambda at: save_state(run, at, model, optimizer, rng, tc.keep_checkpoints), tc, progress_cb, stop_event)
+        lambda at: save_state(run, at, model, optimizer, rng, tc.keep_checkpoints, average), tc, progress_cb,
+        stop_event, after_step=lambda at: average.update(model, at))
     summary = {"run": str(run_dir), "autodecoder": str(autodecoder_run), "step": step, "stopped_early": stopped,
                "loss": terms["loss"], "latents": len(data.names), "subjects": len(set(data.subjects)),
                "latent_shape": list(data.latents.shape[1:]), "device": str(dev),
@@ -145,7 +149,7 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
 
 
 def _init_weights(model: ConditionalDenoiser, source: Path) -> None:
-    weights = Run.open(source).load_checkpoint().model
+    weights = inference_weights(Run.open(source).load_checkpoint().model)
     own = model.state_dict()
     bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
     if bad or set(own) - set(weights):
