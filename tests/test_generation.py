@@ -130,6 +130,21 @@ def test_diffusion_resume_gives_the_same_next_step_loss(autodecoder_run, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_training_draws_sigma_from_the_configured_distribution(autodecoder_run, tmp_path, monkeypatch):
+    from facestudio.models import denoiser
+    from facestudio.models.train_diffusion import train_diffusion
+
+    seen, real_loss = [], denoiser.edm_loss
+
+    def recording_loss(*args, **kwargs):
+        seen.append((kwargs["p_mean"], kwargs["p_std"]))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(denoiser, "edm_loss", recording_loss)
+    train_diffusion(autodecoder_run, tmp_path / "run", small_diffusion(p_mean=0.5, p_std=0.3), "cpu", 1)
+    assert seen == [(0.5, 0.3)]
+
+
 def test_init_from_starts_at_the_source_weights(autodecoder_run, diffusion_run, tmp_path):
     from facestudio.models.ema import inference_weights, live
     from facestudio.models.runs import Run

@@ -104,11 +104,12 @@ class ConditionalDenoiser(nn.Module):
 
     def loss(self, y: torch.Tensor, blendshapes: torch.Tensor, identity_latent: torch.Tensor,
              drop_expression: torch.Tensor | None = None, drop_identity: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample EDM training loss (edm.edm_loss) for expression latents ``y``, shape (B,)."""
+             generator: torch.Generator | None = None, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
+        """Per-sample EDM training loss (edm.edm_loss; ln sigma ~ N(p_mean, p_std^2)) for expression
+        latents ``y``, shape (B,)."""
         context = self.encode(blendshapes, identity_latent, drop_expression, drop_identity)
-        return edm_loss(self.model, self.diffused(y, identity_latent), *context, sigma_data=self.cfg.sigma_data,
-                        generator=generator)
+        return edm_loss(self.model, self.diffused(y, identity_latent), *context, p_mean=p_mean, p_std=p_std,
+                        sigma_data=self.cfg.sigma_data, generator=generator)
 
     @torch.no_grad()
     def sample(self, blendshapes: torch.Tensor, identity_latent: torch.Tensor, *, noise: torch.Tensor | None = None,

@@ -44,13 +44,14 @@ class EDMTraining(nn.Module):
     """The denoiser's per-sample training loss as a forward pass: DDP syncs gradients only for
     what runs through the forward of the module it wraps."""
 
-    def __init__(self, model: ConditionalDenoiser) -> None:
+    def __init__(self, model: ConditionalDenoiser, p_mean: float, p_std: float) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.p_mean, self.p_std = model, p_mean, p_std
 
     def forward(self, y: torch.Tensor, blendshapes: torch.Tensor, identity_latent: torch.Tensor,
                 drop_expression: torch.Tensor, drop_identity: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(y, blendshapes, identity_latent, drop_expression, drop_identity)
+        return self.model.loss(y, blendshapes, identity_latent, drop_expression, drop_identity,
+                               p_mean=self.p_mean, p_std=self.p_std)
 
 
 def diffusion_step(training: nn.Module, data: LatentSet, idx: np.ndarray, cfg: DiffusionConfig,
@@ -123,7 +124,7 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
     rng = np.random.default_rng(tc.seed)
     step = restore_state(run, model, optimizer, rng, dev, average) if resume else 0
     distributed.split_rng(rng)
-    training = distributed.wrap(EDMTraining(model), dev)
+    training = distributed.wrap(EDMTraining(model, tc.p_mean, tc.p_std), dev)
     total = max_steps if max_steps is not None else tc.max_steps
     shard = distributed.shard(len(data.names), tc.batch_size, "train.batch_size")
     log.info("diffusion: %d latents %s, %s x %d, %d threads, steps %d -> %d, run %s", len(data.names),
