@@ -2,8 +2,9 @@
 
 Karras et al. 2022 (NVlabs/edm training_loop.py) sample from an EMA of the weights whose
 half-life grows with training: ``halflife = min(halflife_steps, step * rampup)`` and
-``beta = 0.5 ** (1 / halflife)``. The small CPU batches of the tiny preset make single weights
-noisy; their average is the better denoiser.
+``beta = 0.5 ** (1 / halflife)``: the weights of single small-batch steps are noisy and their
+average samples better over long runs. At the tiny preset's ~2,000 CPU steps it made no
+measurable difference (BENCHMARKS.md); it is kept as EDM's method for the paper preset.
 
 A checkpoint keeps both: the live weights (what training resumes from) under their own names
 and the average under ``ema.<name>``; :func:`inference_weights` picks the average when there is
@@ -35,10 +36,10 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         beta = self.beta(step)
-        for avg, live in zip(self.shadow.parameters(), model.parameters()):
-            avg.lerp_(live.detach(), 1.0 - beta)
-        for avg, live in zip(self.shadow.buffers(), model.buffers()):
-            avg.copy_(live)
+        for avg, current in zip(self.shadow.parameters(), model.parameters()):
+            avg.lerp_(current.detach(), 1.0 - beta)
+        for avg, current in zip(self.shadow.buffers(), model.buffers()):
+            avg.copy_(current)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {PREFIX + k: v for k, v in self.shadow.state_dict().items()}

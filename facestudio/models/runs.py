@@ -38,7 +38,6 @@ from torch import nn
 
 from facestudio.models import distributed, ema
 from facestudio.models.config import save_config
-from facestudio.models.ema import WeightAverage
 from facestudio.storage import writing
 
 CONFIG_FILE = "config.toml"
@@ -242,7 +241,7 @@ def _listify(value: Any) -> Any:
 # ---------------------------------------------------------------------- a trainer's state and loop
 
 def save_state(run: Run, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               generator: np.random.Generator, keep: int, average: WeightAverage | None = None) -> Path:
+               generator: np.random.Generator, keep: int, average: ema.WeightAverage | None = None) -> Path:
     """Checkpoint everything the next step depends on: weights (and their ``average``, if the
     trainer keeps one), optimizer, every RNG.
 
@@ -258,8 +257,8 @@ def save_state(run: Run, step: int, model: nn.Module, optimizer: torch.optim.Opt
     return path
 
 
-def restore_state(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  generator: np.random.Generator, device: torch.device, average: WeightAverage | None = None) -> int:
+def restore_state(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, generator: np.random.Generator,
+                  device: torch.device, average: ema.WeightAverage | None = None) -> int:
     """Load the newest checkpoint into a freshly built trainer; returns its step. Metrics logged
     after that checkpoint (by a run that crashed or was killed later) are dropped."""
     ckpt = run.load_checkpoint(device=str(device))

@@ -3,11 +3,12 @@
 EDM training (Karras et al. 2022; REFERENCE.md sec. 2) of :class:`ConditionalDenoiser` on the
 robust-normalised G1 latents (:mod:`facestudio.models.latents`), conditioned on the segment's
 52 blendshape weights and its subject's neutral latent, each condition dropped independently so
-classifier-free guidance can drop either at sampling. Generation samples with an exponential moving
-average of the weights (:mod:`facestudio.models.ema`), as EDM does. Same run layout and guarantees as the
-autodecoder (:mod:`facestudio.models.runs`): atomic checkpoints with optimizer and RNG state, so
-a resumed run continues bit-for-bit; a stop event ends cleanly with a checkpoint; under torchrun
-the latents are sharded over the processes (:mod:`facestudio.models.distributed`).
+classifier-free guidance can drop either at sampling. Generation samples with an exponential
+moving average of the weights (:mod:`facestudio.models.ema`), as EDM does. Same run layout and
+guarantees as the autodecoder (:mod:`facestudio.models.runs`): atomic checkpoints with optimizer
+and RNG state, so a resumed run continues bit-for-bit; a stop event ends cleanly with a
+checkpoint; under torchrun the latents are sharded over the processes
+(:mod:`facestudio.models.distributed`).
 
     RUN/segments.json     {"names": [...training segments...], "autodecoder": "AUTODECODER_RUN"}
 """
