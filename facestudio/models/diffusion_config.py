@@ -99,7 +99,7 @@ def tiny() -> DiffusionConfig:
     on a CPU and one block per level roughly halves them (measured ~4x fewer ms per call than 2
     blocks); batch 4, since a batch-16 step took ~1-13 s on 2 shared cores and minutes must buy
     hundreds of steps. Guidance 1 (one network call per evaluation): guiding the expression alone
-    helped one of three measured runs and hurt two (BENCHMARKS.md); 3 preview / 12 final Heun
+    helped one of five measured runs and hurt four (BENCHMARKS.md); 3 preview / 12 final Heun
     steps (5 / 23 calls) aim at the 300 ms / 2 s latency goals on 2 cores."""
     den = denoiser.tiny()
     den.unet.num_blocks = 1
