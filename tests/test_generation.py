@@ -174,7 +174,7 @@ def test_cfg_weight_one_equals_the_conditional_model(generator):
     assert not torch.equal(ours, guided)
 
 
-def test_guidance_contrasts_with_the_identity_only_model_unless_configured(generator):
+def test_guidance_contrasts_with_the_identity_only_model_unless_configured(generator, monkeypatch):
     """sampling.guide_identity = false (the presets): guidance amplifies the expression alone,
     D = D(e, i) + (w - 1) (D(e, i) - D(-, i)); true: against the unconditional model D(-, -)."""
     from facestudio.models.edm import cfg_combine, heun_sample
@@ -187,13 +187,12 @@ def test_guidance_contrasts_with_the_identity_only_model_unless_configured(gener
     dropped = torch.ones(1, dtype=torch.bool)
     results = []
     for guide_identity, drop_identity in ((False, ~dropped), (True, dropped)):
-        generator.config.sampling.guide_identity = guide_identity
+        monkeypatch.setattr(generator.config.sampling, "guide_identity", guide_identity)
         uncond = model.encode(b, identity[None], dropped, drop_identity)
         expected = heun_sample(lambda x, s: cfg_combine(model.model(x, s, *cond), model.model(x, s, *uncond), 2.0),
                                generator.noise(3), 3)[0]
         results.append(generator.sample(identity, bs, seed=3, steps=3, guidance=2.0))
         assert torch.allclose(results[-1], expected, atol=1e-4, rtol=1e-4)   # batched 2B vs one at a time
-    generator.config.sampling.guide_identity = False
     assert (results[0] - results[1]).abs().max() > 1e-2
 
 
