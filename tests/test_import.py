@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
 
 from facestudio.capture.take import TakeReader
 from facestudio.cli.main import main
@@ -191,10 +192,19 @@ def _touch(path: Path) -> Path:
 # ------------------------------------------------------------------------- Stray Scanner
 
 
+def stray_odometry_row(timestamp: float, frame: int, arkit_cam_to_world: np.ndarray) -> str:
+    """One odometry.csv line the way the app's OdometryEncoder writes it: the position of ARKit's
+    camera.transform and the quaternion q_WA * q_AC, q_AC = 180 degrees about x (ix=1, r=0)."""
+    x, y, z = arkit_cam_to_world[:3, 3]
+    q_wa = Rotation.from_matrix(arkit_cam_to_world[:3, :3])
+    q = (q_wa * Rotation.from_quat([1.0, 0.0, 0.0, 0.0])).as_quat()   # scipy: (x, y, z, w)
+    return f"{timestamp}, {frame:06d}, {x}, {y}, {z}, {q[0]}, {q[1]}, {q[2]}, {q[3]}"
+
+
 def write_stray(folder: Path, frames: int = 5, video_frames: int | None = None,
                 odometry: bool = True) -> None:
     """A Stray Scanner folder: rgb.mp4, depth/NNNNNN.png (uint16 mm), camera_matrix.csv,
-    odometry.csv, imu.csv."""
+    odometry.csv (ARKit camera i at x = 0.01 i, z = 0.5, axes aligned with the world), imu.csv."""
     (folder / "depth").mkdir(parents=True)
     (folder / "confidence").mkdir()
     video = cv2.VideoWriter(str(folder / "rgb.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 60, (W, H))
@@ -210,10 +220,43 @@ def write_stray(folder: Path, frames: int = 5, video_frames: int | None = None,
                                                         for row in K) + "\n")
     if odometry:
         lines = ["timestamp, frame, x, y, z, qx, qy, qz, qw"]
-        lines += [f"{5 + i / 60:.6f}, {i}, {0.01 * i}, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0"
+        lines += [stray_odometry_row(5 + i / 60, i, _translation(0.01 * i, 0.0, 0.5))
                   for i in range(frames)]
         (folder / "odometry.csv").write_text("\n".join(lines) + "\n")
     (folder / "imu.csv").write_text("timestamp, a_x, a_y, a_z, alpha_x, alpha_y, alpha_z\n")
+
+
+def _translation(x: float, y: float, z: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = x, y, z
+    return m
+
+
+def test_stray_odometry_written_the_apps_way_reads_as_the_arkit_pose() -> None:
+    # A camera turned 30 degrees about y and tilted 20 degrees down, 1.2 m up, in ARKit's world.
+    arkit = _translation(0.3, 1.2, -0.4)
+    arkit[:3, :3] = Rotation.from_euler("YX", [30, -20], degrees=True).as_matrix()
+    text = "timestamp, frame, x, y, z, qx, qy, qz, qw\n" + stray_odometry_row(1.5, 7, arkit)
+    [(t, pose)] = parse_odometry(text).values()
+    assert t == 1.5
+    np.testing.assert_allclose(pose, arkit, atol=1e-9)   # OpenGL axes, as camera_poses promises
+
+    # The raw row is an OpenCV-axes pose (what Stray's own viewer and Open3D use): a world point
+    # in front of the camera projects to the same pixel through the row with OpenCV's pinhole
+    # and through the imported pose with OpenGL's (camera looking down -Z, y up).
+    row = text.splitlines()[1].split(",")
+    cv_pose = np.eye(4)
+    cv_pose[:3, :3] = Rotation.from_quat([float(v) for v in row[5:9]]).as_matrix()
+    cv_pose[:3, 3] = [float(v) for v in row[2:5]]
+    point = arkit @ np.array([0.05, -0.02, -0.8, 1.0])          # 0.8 m in front, off-centre
+    x, y, z = (np.linalg.inv(cv_pose) @ point)[:3]
+    assert z > 0                                                # in front for OpenCV: +Z
+    cv_pixel = K[0, 0] * x / z + K[0, 2], K[1, 1] * y / z + K[1, 2]
+    x, y, z = (np.linalg.inv(pose) @ point)[:3]
+    assert z < 0                                                # in front for OpenGL: -Z
+    gl_pixel = K[0, 0] * x / -z + K[0, 2], K[1, 2] - K[1, 1] * y / -z
+    np.testing.assert_allclose(gl_pixel, cv_pixel, atol=1e-9)
+    np.testing.assert_allclose(cv_pixel, (K[0, 0] * 0.05 / 0.8 + K[0, 2], K[1, 1] * 0.02 / 0.8 + K[1, 2]))
 
 
 def test_stray_scanner_import(library: Path, tmp_path: Path) -> None:
@@ -235,7 +278,7 @@ def test_stray_scanner_import(library: Path, tmp_path: Path) -> None:
         assert (c.fx, c.fy, c.cx, c.cy) == (60.0, 61.0, 31.0, 24.5)
         assert frame.depth_intrinsics == c.scaled(DW, DH) and frame.head_pose is None
     poses = reader.attachment("camera_poses")
-    np.testing.assert_allclose(poses["cam_to_world"][3][:3, 3], [0.03, 0, 0.5])
+    np.testing.assert_allclose(poses["cam_to_world"][3], _translation(0.03, 0, 0.5), atol=1e-12)
     assert Catalog(library).take("bob", "scan")["labels"] == ["neutral"]
 
 

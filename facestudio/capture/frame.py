@@ -23,6 +23,9 @@ import numpy as np
 
 DEPTH_DTYPES = {"float16": np.float16, "float32": np.float32}
 DEPTH_CODECS = ("zlib", "raw")
+#: OpenGL camera axes (x right, y up, looking down -Z) <-> OpenCV camera axes (x right, y down,
+#: looking down +Z): right-multiply a camera-to-world pose by it to switch. Its own inverse.
+GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 @dataclass(frozen=True)

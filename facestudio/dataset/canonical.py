@@ -19,12 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from facestudio.capture.frame import Intrinsics
+from facestudio.capture.frame import GL_TO_CV, Intrinsics
 
 _REG = o3d.pipelines.registration
 
-#: OpenGL camera axes <-> OpenCV camera axes (its own inverse).
-GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 #: Where the nose tip sits in the canonical head frame (ARKit-like anchor frame used by the
 #: virtual device). Without an anchor the canonical origin is placed this far behind the nose.
 NOSE_TIP_HEAD = np.array([0.0, 0.0, 0.125])

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 
-from facestudio.capture.frame import Intrinsics
-from facestudio.dataset.canonical import GL_TO_CV
+from facestudio.capture.frame import GL_TO_CV, Intrinsics
 from facestudio.dataset.segment import HEAD_BOX_CENTER, HEAD_BOX_SIZE
 
 _F32 = o3d.core.Dtype.Float32

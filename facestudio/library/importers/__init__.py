@@ -9,7 +9,8 @@ input, a crash or Ctrl+C never leaves a half-imported take for the catalog to in
 Camera poses from these apps are device-to-world poses (Record3D's back camera, Stray's
 LiDAR odometry), not face-anchor poses, so they never become ``head_pose``: they are kept in
 the attachment ``camera_poses`` (arrays ``index`` and ``cam_to_world`` (N, 4, 4), OpenGL
-axes) for tools that want them.
+axes like every pose in FaceStudio; Stray's OpenCV-axes odometry is converted) for tools that
+want them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,13 @@ A Stray Scanner capture is a folder: ``rgb.mp4`` (the color video), ``depth/NNNN
 at the video's resolution), ``odometry.csv`` (``timestamp, frame, x, y, z, qx, qy, qz, qw``:
 camera-to-world per frame) and ``confidence/``, ``imu.csv`` (not needed, ignored).
 
+Odometry is in OpenCV camera axes (x right, y down, looking down +Z): the app's
+OdometryEncoder writes ARKit's camera transform times a 180-degree rotation about x
+(``q_WA * q_AC`` with ``q_AC = (1, 0, 0, 0)``), which is what its own viewer and Open3D
+expect. The take's ``camera_poses`` are in OpenGL axes like every other pose in FaceStudio, so
+each pose is turned back (right-multiplied by GL_TO_CV): the result is ARKit's
+``camera.transform``. The position is unaffected.
+
 Frame N of the take is video frame N with depth/N.png. Video frames are re-encoded as JPEG
 (quality 95: the take format stores JPEG color); depth is converted to metres losslessly.
 Odometry poses are LiDAR-world camera poses, kept in the ``camera_poses`` attachment and
@@ -24,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facestudio.capture.frame import EncodedDepth, Frame, Intrinsics
+from facestudio.capture.frame import GL_TO_CV, EncodedDepth, Frame, Intrinsics
 from facestudio.capture.take import TakeReader, TakeWriter
 from facestudio.library.importers import (POSES_ATTACHMENT, manifest_fields, number, pose_matrix,
                                           staged_take)
@@ -49,7 +56,8 @@ def parse_camera_matrix(text: str, where: str = "camera_matrix.csv") -> np.ndarr
 
 
 def parse_odometry(text: str, where: str = "odometry.csv") -> dict[int, tuple[float, np.ndarray]]:
-    """Frame number -> (timestamp, 4x4 camera-to-world); ValueError naming ``where`` and line."""
+    """Frame number -> (timestamp, 4x4 camera-to-world in OpenGL axes); ValueError naming
+    ``where`` and the line. Rows are in the app's OpenCV axes (module docstring)."""
     reader = csv.reader(io.StringIO(text))
     header = [c.strip() for c in next(reader, [])]
     missing = [c for c in _ODOMETRY_COLUMNS if c not in header]
@@ -66,7 +74,8 @@ def parse_odometry(text: str, where: str = "odometry.csv") -> dict[int, tuple[fl
             frame = number(row[col["frame"]].strip(), "frame")
             if not frame.is_integer() or frame < 0:
                 raise ValueError(f"frame must be a non-negative integer, got {frame}")
-            pose = pose_matrix([row[col[c]].strip() for c in _ODOMETRY_COLUMNS[2:]], "pose")
+            cv_pose = pose_matrix([row[col[c]].strip() for c in _ODOMETRY_COLUMNS[2:]], "pose")
+            pose = cv_pose @ GL_TO_CV
             out[int(frame)] = (number(row[col["timestamp"]].strip(), "timestamp"), pose)
         except ValueError as exc:
             raise ValueError(f"{where} line {line}: {exc}") from None
