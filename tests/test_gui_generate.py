@@ -1,4 +1,5 @@
-"""The Generate page end to end: a tiny trained pair -> person -> sliders -> mesh -> export -> Live Link.
+"""The Generate page end to end: a tiny trained pair -> person -> sliders -> mesh -> export -> Live Link
+(a face, then no face).
 
 Runs under Xvfb (pytest-xvfb). Both stages are trained for a few steps through the core
 functions (what the Train page and the CLI call), on synthetic segments of two people; a
@@ -133,7 +134,20 @@ def test_generate_drag_export_live(qtbot, window, tmp_path):
             qtbot.wait(20)
     assert panel.sliders.sliders["jawOpen"].value() == 70
     assert panel.sliders.sliders["mouthSmileLeft"].value() == 0      # the phone's face, not the old sliders
-    assert "Live:" in panel.live_label.text()
+    assert "Live:" in panel.live_label.text() and "no face" not in panel.live_label.text()
+
+    # The face leaves the camera: the phone sends short packets; the page says so and the
+    # sliders keep the last expression (no reset, no error).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        deadline = time.monotonic() + 10
+        while "no face" not in panel.live_label.text() and time.monotonic() < deadline:
+            sock.sendto(encode_packet(None, frame=frame), ("127.0.0.1", panel.port_spin.value()))
+            frame += 1
+            qtbot.wait(20)
+    assert "no face tracked" in panel.live_label.text()
+    assert panel.sliders.sliders["jawOpen"].value() == 70
+    receiver = panel.live.receiver
+    assert receiver.no_face > 0 and receiver.rejected == 0
     panel.live_check.setChecked(False)
     assert not panel.live.is_running()
 

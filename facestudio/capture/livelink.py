@@ -11,6 +11,12 @@ Packet layout (big-endian), as the app sends it to port 11111 by default:
               HeadRoll, LeftEyeYaw, LeftEyePitch, LeftEyeRoll, RightEyeYaw, RightEyePitch,
               RightEyeRoll
 
+While no face is tracked the app sends the same header and frame time and stops there (no
+count, no curves): real captures hold such packets, and PyLiveLinkFace reads a packet that ends
+after the frame time as "does not contain a face". They decode to a frame whose
+``face_tracked`` is False, a state rather than an error. The head and eye angles are radians
+(docs/formats.md, "Live Link Face", says why we believe so); nothing here converts them.
+
 Malformed packets are counted and dropped (UDP from anyone on the LAN: never trusted).
 """
 
@@ -42,23 +48,34 @@ class LiveLinkError(ValueError):
 
 @dataclass(frozen=True)
 class LiveLinkFrame:
+    """One packet. Without a tracked face there are no weights and no angles (both None)."""
+
     device_id: str
     subject: str
     frame: int
     fps: float
-    blendshapes: np.ndarray          # (52,) float32 in [0, 1]
-    head_ypr: np.ndarray             # (3,) yaw, pitch, roll as sent (radians in Live Link Face)
+    blendshapes: np.ndarray | None   # (52,) float32 in [0, 1]
+    head_ypr: np.ndarray | None      # (3,) yaw, pitch, roll in radians, as sent
+
+    @property
+    def face_tracked(self) -> bool:
+        return self.blendshapes is not None
 
 
-def encode_packet(blendshapes: np.ndarray, device_id: str = "facestudio", subject: str = "face",
-                  frame: int = 0, fps: int = 60, head_ypr: tuple[float, float, float] = (0, 0, 0)) -> bytes:
-    """A packet exactly as Live Link Face sends it (tests and tools use this)."""
+def encode_packet(blendshapes: np.ndarray | None, device_id: str = "facestudio",
+                  subject: str = "face", frame: int = 0, fps: int = 60,
+                  head_ypr: tuple[float, float, float] = (0, 0, 0)) -> bytes:
+    """A packet exactly as Live Link Face sends it (tests and tools use this); ``blendshapes``
+    None gives the short packet the app sends while it tracks no face."""
     dev, sub = device_id.encode(), subject.encode()
+    header = b"".join([bytes([PACKET_VERSION]), _I32.pack(len(dev)), dev, _I32.pack(len(sub)),
+                       sub, _TIMING.pack(frame, 0.0, fps, 1)])
+    if blendshapes is None:
+        return header
     curves = np.zeros(CURVE_COUNT, ">f4")
     curves[:NUM_BLENDSHAPES] = np.asarray(blendshapes, np.float32).reshape(NUM_BLENDSHAPES)
     curves[NUM_BLENDSHAPES:NUM_BLENDSHAPES + 3] = head_ypr
-    return b"".join([bytes([PACKET_VERSION]), _I32.pack(len(dev)), dev, _I32.pack(len(sub)), sub,
-                     _TIMING.pack(frame, 0.0, fps, 1), bytes([CURVE_COUNT]), curves.tobytes()])
+    return header + bytes([CURVE_COUNT]) + curves.tobytes()
 
 
 def decode_packet(data: bytes) -> LiveLinkFrame:
@@ -77,10 +94,13 @@ def decode_packet(data: bytes) -> LiveLinkFrame:
             raise LiveLinkError(f"{what} length {n} is out of bounds")
         names.append(bytes(view[pos:pos + n]).decode("utf-8", errors="replace"))
         pos += n
-    if pos + _TIMING.size + 1 > len(view):
-        raise LiveLinkError("packet ends before the curves")
+    if pos + _TIMING.size > len(view):
+        raise LiveLinkError("packet ends inside the frame time")
     frame, _subframe, num, den = _TIMING.unpack_from(view, pos)
+    fps = num / den if den > 0 else 0.0
     pos += _TIMING.size
+    if pos == len(view):  # what the app sends while it tracks no face
+        return LiveLinkFrame(names[0], names[1], frame, fps, None, None)
     count = view[pos]
     pos += 1
     if count < NUM_BLENDSHAPES or pos + 4 * count != len(view):
@@ -89,7 +109,7 @@ def decode_packet(data: bytes) -> LiveLinkFrame:
     if not np.all(np.isfinite(curves)):
         raise LiveLinkError("non-finite curve values")
     head = curves[NUM_BLENDSHAPES:NUM_BLENDSHAPES + 3]
-    return LiveLinkFrame(names[0], names[1], frame, num / den if den > 0 else 0.0,
+    return LiveLinkFrame(names[0], names[1], frame, fps,
                          np.clip(curves[:NUM_BLENDSHAPES], 0.0, 1.0),
                          np.pad(head, (0, 3 - len(head))))
 
@@ -98,7 +118,9 @@ class LiveLinkReceiver:
     """Listen for Live Link Face packets on UDP; ``on_frame`` runs on the receiver's thread.
 
     The GUI hands frames to its own thread through a signal; only the newest frame matters
-    for sliders, so the callback should just store it.
+    for sliders, so the callback should just store it. Counters: ``received`` valid packets,
+    of which ``no_face`` carried no face (they reach ``on_frame`` too, so the user sees the
+    state), and ``rejected`` malformed datagrams.
     """
 
     def __init__(self, on_frame: Callable[[LiveLinkFrame], None], host: str = "0.0.0.0",
@@ -109,6 +131,7 @@ class LiveLinkReceiver:
         self._sock.settimeout(0.2)
         self.host, self.port = self._sock.getsockname()[:2]
         self.received = 0
+        self.no_face = 0
         self.rejected = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"livelink-{self.port}")
@@ -129,6 +152,7 @@ class LiveLinkReceiver:
                 log.debug("Live Link packet dropped: %s", exc)
                 continue
             self.received += 1
+            self.no_face += not frame.face_tracked
             self._on_frame(frame)
 
     def close(self) -> None:

@@ -513,7 +513,7 @@ class GeneratePanel(QWidget):
                 self.live_check.setChecked(False)
                 self.show_message(f"Could not listen on UDP port {self.port_spin.value()}: {exc}", "error")
                 return
-                self.live_label.setText(f"Listening for Live Link Face on UDP port {self.live.receiver.port}…")
+            self.live_label.setText(f"Listening for Live Link Face on UDP port {self.live.receiver.port}…")
         elif not on and self.live.is_running():
             self.live.stop()
             self.live_label.setText("")
@@ -521,8 +521,14 @@ class GeneratePanel(QWidget):
         self._update_controls()
 
     def _live_frame(self, frame: LiveLinkFrame) -> None:
-        self.live_label.setText(f"Live: {frame.subject or frame.device_id} · {frame.fps:.0f} fps · "
-                                f"{self.live.receiver.received:,} packets")
+        """Sliders follow the phone's face; while it sees none they keep the last face shown."""
+        source = frame.subject or frame.device_id
+        packets = f"{self.live.receiver.received:,} packets"
+        if frame.blendshapes is None:
+            self.live_label.setText(f"Live: {source} · no face tracked, sliders hold the last "
+                                    f"expression · {packets}")
+            return
+        self.live_label.setText(f"Live: {source} · {frame.fps:.0f} fps · {packets}")
         self.sliders.set_weights(frame.blendshapes)
 
     # ------------------------------------------------------------------ shutdown
