@@ -149,3 +149,38 @@ def test_fuse_cli(take, library, capsys):
     assert len(segs) == 2 and Path(segs[0]["path"]).is_relative_to(library / "datasets")
     assert main(["fuse", "--subject", "nobody", "--json"]) == 2
     assert "no takes found" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_min_confidence_comes_from_the_take_unless_configured_or_off():
+    from types import SimpleNamespace
+
+    from facestudio.dataset.fuse import min_confidence
+
+    def reader(**manifest):
+        return SimpleNamespace(manifest=manifest, path=Path("take"))
+    assert min_confidence(reader(min_depth_confidence=1), FusionConfig()) == 1
+    assert min_confidence(reader(), FusionConfig()) == 2                  # ARKit's "high"
+    assert min_confidence(reader(min_depth_confidence=1), FusionConfig(min_confidence=2)) == 2
+    assert min_confidence(reader(min_depth_confidence=1), FusionConfig(use_confidence=False)) is None
+    for bad in (3, -1, "2", True, 1.0):
+        with pytest.raises(ValueError, match="take: manifest min_depth_confidence must be"):
+            min_confidence(reader(min_depth_confidence=bad), FusionConfig())
+    with pytest.raises(ValueError, match="FusionConfig.min_confidence must be"):
+        min_confidence(reader(), FusionConfig(min_confidence=5))
+
+
+def test_eval_confidence_cli_shows_the_filter_removes_flying_pixels(capsys):
+    from facestudio.cli.main import main
+
+    assert main(["eval", "confidence", "--frames", "60", "--anchor-only", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ok"], result
+    levels = result["depth_by_confidence"]
+    assert sum(v["fraction_of_depth_pixels"] for v in levels.values()) == pytest.approx(1, abs=1e-3)
+    assert levels["0"]["mean_abs_error_mm_on_face"] > 10 * levels["2"]["mean_abs_error_mm_on_face"]
+    runs = {r["min_confidence"]: r["summary"] for r in result["runs"].values()}
+    assert set(runs) == {None, 1, 2}
+    # Flying pixels fused as surface: all depth is worse than either rule, both ways.
+    for level in (1, 2):
+        assert runs[level]["fused_to_gt"]["mean_mm"] < 0.5 * runs[None]["fused_to_gt"]["mean_mm"]
+    assert runs[1]["gt_to_fused_observed"]["mean_mm"] < runs[None]["gt_to_fused_observed"]["mean_mm"]

@@ -40,6 +40,12 @@ def depth_map(i: int) -> np.ndarray:
     return depth
 
 
+def confidence_map(i: int) -> np.ndarray:
+    """ARKit levels 0/1/2 in a pattern that differs per frame."""
+    y, x = np.mgrid[0:DH, 0:DW]
+    return ((x + 2 * y + i) % 3).astype(np.uint8)
+
+
 def write_r3d(path: Path, frames: int = 4, *, depth_size: bool = True, poses=None,
               timestamps: bool = True, entries: dict[str, bytes | None] | None = None) -> dict:
     """A .r3d following the public format: ZIP, metadata JSON, rgbd/N.jpg, rgbd/N.depth (LZFSE).
@@ -57,7 +63,7 @@ def write_r3d(path: Path, frames: int = 4, *, depth_size: bool = True, poses=Non
     for i in range(frames):
         content[f"rgbd/{i}.jpg"] = cv2.imencode(".jpg", color_image(i))[1].tobytes()
         content[f"rgbd/{i}.depth"] = lzfse.compress(depth_map(i).tobytes())
-        content[f"rgbd/{i}.conf"] = lzfse.compress(np.full((DH, DW), 2, np.uint8).tobytes())
+        content[f"rgbd/{i}.conf"] = lzfse.compress(confidence_map(i).tobytes())
     content.update(entries or {})
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in content.items():
@@ -91,7 +97,10 @@ def test_record3d_front_camera_import(library: Path, tmp_path: Path) -> None:
         assert (c.fx, c.fy, c.cx, c.cy, c.width, c.height) == (60.0, 61.0, 31.0, 24.5, W, H)
         assert frame.depth_intrinsics == c.scaled(DW, DH)
         np.testing.assert_array_equal(frame.depth_m(), np.nan_to_num(depth_map(i), nan=0.0))
+        np.testing.assert_array_equal(frame.depth_confidence, confidence_map(i))
         assert frame.head_pose is None and frame.blendshapes is None
+    assert reader.manifest["min_depth_confidence"] == 2     # Record3D's readers keep level 2
+    assert info["has_confidence"] == 4
 
     [row] = Catalog(library).list()["takes"]
     assert (row["subject"], row["take"], row["source"], row["frames"]) == ("alice", "t1",
@@ -140,6 +149,11 @@ CORRUPT_R3D = {
                             r"rgbd/1\.depth: depth has 10 values, metadata says 32x24"),
     "depth missing": ({"rgbd/3.depth": None}, r"rgbd/3\.depth is missing"),
     "corrupt jpeg": ({"rgbd/0.jpg": b"\xff\xd8garbage"}, r"rgbd/0\.jpg: not a readable JPEG"),
+    "confidence of wrong size": ({"rgbd/2.conf": lzfse.compress(b"\1" * 10)},
+                                 r"rgbd/2\.conf: confidence has 10 values, the depth map 32x24"),
+    "confidence not a level": ({"rgbd/1.conf": lzfse.compress(b"\7" * (DW * DH))},
+                               r"rgbd/1\.conf: confidence level 7 is not an ARKit level"),
+    "corrupt confidence": ({"rgbd/0.conf": b"bvx2garbage"}, r"rgbd/0\.conf: corrupt or truncated"),
     "no frames": ("no-frames", "no frames"),
     "truncated file": ("truncate-file", "not a valid ZIP archive"),
 }
@@ -215,7 +229,7 @@ def write_stray(folder: Path, frames: int = 5, video_frames: int | None = None,
     for i in range(frames):
         mm = np.nan_to_num(depth_map(i) * 1000).astype(np.uint16)
         cv2.imwrite(str(folder / "depth" / f"{i:06d}.png"), mm)
-        cv2.imwrite(str(folder / "confidence" / f"{i:06d}.png"), np.full((DH, DW), 2, np.uint8))
+        cv2.imwrite(str(folder / "confidence" / f"{i:06d}.png"), confidence_map(i))
     (folder / "camera_matrix.csv").write_text("\n".join(",".join(f"{v:.6f}" for v in row)
                                                         for row in K) + "\n")
     if odometry:
@@ -277,6 +291,8 @@ def test_stray_scanner_import(library: Path, tmp_path: Path) -> None:
         c = frame.color_intrinsics
         assert (c.fx, c.fy, c.cx, c.cy) == (60.0, 61.0, 31.0, 24.5)
         assert frame.depth_intrinsics == c.scaled(DW, DH) and frame.head_pose is None
+        np.testing.assert_array_equal(frame.depth_confidence, confidence_map(i))
+    assert reader.manifest["min_depth_confidence"] == 1     # Stray's visualiser keeps >= 1
     poses = reader.attachment("camera_poses")
     np.testing.assert_allclose(poses["cam_to_world"][3], _translation(0.03, 0, 0.5), atol=1e-12)
     assert Catalog(library).take("bob", "scan")["labels"] == ["neutral"]
@@ -285,10 +301,12 @@ def test_stray_scanner_import(library: Path, tmp_path: Path) -> None:
 def test_stray_without_odometry_uses_the_video_rate(library: Path, tmp_path: Path) -> None:
     src = tmp_path / "stray"
     write_stray(src, 3, odometry=False)
+    (src / "confidence" / "000001.png").unlink()      # the app may miss a map: that frame has none
     import_capture(src, library, "bob", "scan")
     reader = TakeReader(take_dir(library, "bob", "scan"))
     np.testing.assert_allclose(reader.timestamps(), [0, 1 / 60, 2 / 60])
     assert reader.attachment_names() == []
+    assert [f.depth_confidence is None for f in reader.iter_frames()] == [False, True, False]
 
 
 def _break_stray(folder: Path, case: str) -> None:
@@ -312,6 +330,10 @@ def _break_stray(folder: Path, case: str) -> None:
     elif case == "bad odometry":
         with open(folder / "odometry.csv", "a") as f:
             f.write("7.0, 9, x, 0, 0, 0, 0, 0, 1\n")
+    elif case == "confidence of wrong size":
+        cv2.imwrite(str(folder / "confidence" / "000002.png"), np.zeros((DH, DW + 1), np.uint8))
+    elif case == "confidence not a level":
+        cv2.imwrite(str(folder / "confidence" / "000001.png"), np.full((DH, DW), 255, np.uint8))
     elif case == "odometry row missing":
         lines = (folder / "odometry.csv").read_text().splitlines()
         (folder / "odometry.csv").write_text("\n".join(lines[:-1]) + "\n")
@@ -326,6 +348,9 @@ STRAY_ERRORS = {
     "8-bit depth": r"000001\.png: expected a 16-bit",
     "bad odometry": r"odometry\.csv line 7: x must be a number|odometry\.csv line 7: pose",
     "odometry row missing": r"odometry\.csv: no row for frame 4",
+    "confidence of wrong size": r"000002\.png: confidence map is uint8 \(24, 33\), the depth map is "
+                                r"\(24, 32\)",
+    "confidence not a level": r"000001\.png: confidence level 255 is not an ARKit level",
 }
 
 

@@ -31,12 +31,14 @@ def make_frame(index: int) -> Frame:
     every optional field is absent on some frames, both depth dtypes and codecs occur."""
     rng = np.random.default_rng(index)
     jpeg = cv2.imencode(".jpg", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))[1].tobytes()
-    depth = None
+    depth = confidence = None
     if index % 3 != 2:
         d = rng.uniform(0.25, 0.6, (24, 32)).astype(np.float32)
         d[0, :5] = 0.0
         depth = EncodedDepth.encode(d, dtype="float16" if index % 2 else "float32",
                                     codec="zlib" if index % 4 < 2 else "raw")
+        if index % 3 == 0:
+            confidence = rng.integers(0, 3, (24, 32), dtype=np.uint8)
     pose = None
     if index % 5 != 3:
         pose = np.eye(4)
@@ -46,7 +48,8 @@ def make_frame(index: int) -> Frame:
         depth=depth, depth_intrinsics=DEPTH_K if depth is not None else None, head_pose=pose,
         blendshapes=rng.uniform(0, 1, 52).astype(np.float32) if index % 5 != 4 else None,
         face_mesh=rng.normal(size=(20, 3)).astype(np.float32) if index % 2 == 0 else None,
-        ground_truth={"expression": "smile", "jaw": index / 7} if index % 4 == 0 else None)
+        ground_truth={"expression": "smile", "jaw": index / 7} if index % 4 == 0 else None,
+        depth_confidence=confidence)
 
 
 def assert_same_frame(got: Frame, want: Frame) -> None:
@@ -56,7 +59,7 @@ def assert_same_frame(got: Frame, want: Frame) -> None:
     assert got.color_intrinsics == want.color_intrinsics
     assert got.depth == want.depth  # the exact bytes and encoding the device sent
     assert got.depth_intrinsics == want.depth_intrinsics
-    for name in ("head_pose", "blendshapes", "face_mesh"):
+    for name in ("head_pose", "blendshapes", "face_mesh", "depth_confidence"):
         a, b = getattr(got, name), getattr(want, name)
         assert (a is None) == (b is None), name
         if a is not None:
@@ -308,6 +311,36 @@ def test_garbled_middle_line_and_missing_file_are_reported(tmp_path: Path) -> No
     assert any("line 3" in p and "corrupt JSON" in p for p in r.problems), r.problems
     assert any("depth/000004.depth is missing" in p for p in r.problems), r.problems
     assert any("records 6 frames but 4" in p for p in r.problems), r.problems
+
+
+def test_depth_confidence_round_trip_and_filter(tmp_path: Path) -> None:
+    path = tmp_path / "take"
+    frames = write_take(path, [0, 1, 3])
+    r = TakeReader(path)
+    assert r.info()["has_confidence"] == 2 and r.metadata(0)["depth"]["confidence"]["file"] \
+        == "confidence/000000.conf"
+    assert r.frame(1).depth_confidence is None
+    got = r.frame(2)
+    np.testing.assert_array_equal(got.depth_confidence, frames[2].depth_confidence)
+    depth, kept = got.depth_m(), got.depth_m(min_confidence=2)
+    high = got.depth_confidence >= 2
+    np.testing.assert_array_equal(kept[high], depth[high])
+    assert not kept[~high].any() and depth[~high].any()
+    np.testing.assert_array_equal(r.frame(1).depth_m(min_confidence=2), r.frame(1).depth_m())
+    # A confidence map that is not the depth's size is refused before anything is written.
+    bad = make_frame(6)
+    bad.depth_confidence = np.zeros((5, 5), np.uint8)
+    with TakeWriter(tmp_path / "bad") as w, pytest.raises(ValueError, match="depth's size"):
+        w.append(bad)
+    # Damage after the fact: a missing map skips its frame; garbled bytes fail its read.
+    (path / "confidence" / "000000.conf").unlink()
+    garbled = path / "confidence" / "000003.conf"
+    garbled.write_bytes(b"\0" * garbled.stat().st_size)
+    r = TakeReader(path)
+    assert r.indices == (1, 3)
+    assert any("confidence/000000.conf is missing" in p for p in r.problems), r.problems
+    with pytest.raises(TakeError, match="000003.conf .frame 3.: corrupt"):
+        r.frame(1)
 
 
 def test_recover_refuses_take_that_is_still_recording(tmp_path: Path) -> None:

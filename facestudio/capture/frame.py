@@ -11,6 +11,8 @@ Conventions (docs/protocol.md is the normative text):
   frame (metres, +Y up, face looking toward +Z) to the camera frame in ARKit/OpenGL axes
   (x right, y up, camera looking down -Z).
 - ``blendshapes`` are the 52 ARKit weights in :data:`facestudio.faces.arkit.BLENDSHAPE_NAMES` order.
+- ``depth_confidence`` (imports from LiDAR apps only) is ARKit's per-pixel depth confidence,
+  ``ARConfidenceLevel``: 0 low, 1 medium, 2 high, one uint8 per depth pixel.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ DEPTH_CODECS = ("zlib", "raw")
 #: OpenGL camera axes (x right, y up, looking down -Z) <-> OpenCV camera axes (x right, y down,
 #: looking down +Z): right-multiply a camera-to-world pose by it to switch. Its own inverse.
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+HIGH_CONFIDENCE = 2   # ARKit's ARConfidenceLevel.high, the top of depth_confidence's 0/1/2
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class Frame:
     blendshapes: np.ndarray | None = None
     face_mesh: np.ndarray | None = None
     ground_truth: dict[str, Any] | None = field(default=None)
+    depth_confidence: np.ndarray | None = None   # (H, W) uint8 ARKit levels, depth's size
 
     def color(self) -> np.ndarray:
         """Decode the color JPEG to an (H, W, 3) uint8 BGR array (OpenCV order)."""
@@ -123,5 +127,12 @@ class Frame:
             raise ValueError(f"frame {self.index}: color is not a decodable JPEG")
         return img
 
-    def depth_m(self) -> np.ndarray | None:
-        return None if self.depth is None else self.depth.decode()
+    def depth_m(self, min_confidence: int | None = None) -> np.ndarray | None:
+        """Depth in metres (None without depth). With ``min_confidence``, pixels whose
+        ``depth_confidence`` is below it become 0 (invalid); frames without a map are as is."""
+        if self.depth is None:
+            return None
+        depth = self.depth.decode()
+        if min_confidence is not None and self.depth_confidence is not None:
+            depth[self.depth_confidence < min_confidence] = 0.0
+        return depth

@@ -1,7 +1,8 @@
 """Takes: recorded capture sessions on disk (docs/formats.md, "Take", is the normative text).
 
 A take is a folder holding ``manifest.json``, one ``frames.jsonl`` line per frame and the
-per-frame payload files (``color/``, ``depth/``, ``mesh/``) plus optional ``attachments/``.
+per-frame payload files (``color/``, ``depth/``, ``confidence/``, ``mesh/``) plus optional
+``attachments/``.
 Crash safety comes from ordering, not from fsync per frame: a frame's files are written
 first and its jsonl line last, so a killed recorder leaves at most one frame's files without
 a line (an orphan that :func:`recover_take` deletes) or one half-written last line (which
@@ -19,6 +20,7 @@ import re
 import stat
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,7 +44,7 @@ FRAMES = "frames.jsonl"
 ATTACHMENTS = "attachments"
 STATUSES = ("recording", "complete", "incomplete")
 
-_DATA_DIRS = ("color", "depth", "mesh")
+_DATA_DIRS = ("color", "depth", "confidence", "mesh")
 # Keys the writer owns; callers may not set them through manifest_fields or close(extra=...).
 _RESERVED = frozenset({"format", "version", "status", "created", "closed", "recovered", "frames",
                        "first_index", "last_index", "duration_s", "skipped", "message"})
@@ -260,6 +262,15 @@ class TakeWriter:
                              "height": int(d.height), "dtype": d.dtype, "codec": d.codec,
                              "intrinsics": None if frame.depth_intrinsics is None
                              else frame.depth_intrinsics.to_dict()}
+        if frame.depth_confidence is not None:
+            conf = np.asarray(frame.depth_confidence)
+            if frame.depth is None or conf.shape != (frame.depth.height, frame.depth.width) \
+                    or conf.dtype != np.uint8:
+                raise ValueError(f"frame {index}: depth_confidence must be uint8 of the depth's "
+                                 f"size, got {conf.dtype} {conf.shape}")
+            data = zlib.compress(np.ascontiguousarray(conf).tobytes(), 6)
+            files.append((f"confidence/{name}.conf", data))
+            meta["depth"]["confidence"] = {"file": files[-1][0], "bytes": len(data)}
         if frame.head_pose is not None:
             meta["head_pose"] = self._as_list(frame.head_pose, 16, np.float64, "head_pose", index)
         if frame.blendshapes is not None:
@@ -407,12 +418,13 @@ class _Entry:
     depth: _FileRef | None
     depth_shape: tuple[int, int, str, str] | None  # width, height, dtype, codec
     depth_intrinsics: Intrinsics | None
+    confidence: _FileRef | None
     head_pose: np.ndarray | None
     blendshapes: np.ndarray | None
     mesh: _FileRef | None
 
     def files(self) -> list[_FileRef]:
-        return [f for f in (self.color, self.depth, self.mesh) if f is not None]
+        return [f for f in (self.color, self.depth, self.confidence, self.mesh) if f is not None]
 
 
 def _int(value: Any, what: str, minimum: int) -> int:
@@ -472,6 +484,7 @@ def _parse_entry(obj: Any, raw: bytes, line: int) -> _Entry:
     depth_ref: _FileRef | None = None
     depth_shape: tuple[int, int, str, str] | None = None
     depth_intr: Intrinsics | None = None
+    confidence: _FileRef | None = None
     if depth is not None:
         depth_ref = _file_ref(depth, "depth")
         dtype, codec = depth.get("dtype"), depth.get("codec")
@@ -484,6 +497,8 @@ def _parse_entry(obj: Any, raw: bytes, line: int) -> _Entry:
                        dtype, codec)
         if depth.get("intrinsics") is not None:
             depth_intr = _intrinsics(depth["intrinsics"], "depth.intrinsics")
+        if depth.get("confidence") is not None:
+            confidence = _file_ref(depth["confidence"], "depth.confidence")
     head_pose = _vector(obj.get("head_pose"), 16, np.float64, "head_pose")
     received = obj.get("received")
     if received is not None:
@@ -496,6 +511,7 @@ def _parse_entry(obj: Any, raw: bytes, line: int) -> _Entry:
         timestamp=_float(obj.get("timestamp"), "timestamp"),
         color=color_ref, color_intrinsics=color_intr,
         depth=depth_ref, depth_shape=depth_shape, depth_intrinsics=depth_intr,
+        confidence=confidence,
         head_pose=None if head_pose is None else head_pose.reshape(4, 4),
         blendshapes=_vector(obj.get("blendshapes"), NUM_BLENDSHAPES, np.float32, "blendshapes"),
         mesh=None if mesh is None else _file_ref(mesh, "face_mesh"))
@@ -611,6 +627,9 @@ class TakeReader:
         if e.depth is not None and e.depth_shape is not None:
             width, height, dtype, codec = e.depth_shape
             depth = EncodedDepth(self._load(e.depth, e.index), width, height, dtype, codec)
+        confidence = None
+        if e.confidence is not None and e.depth_shape is not None:
+            confidence = self._confidence(e.confidence, e.depth_shape[:2], e.index)
         mesh = None
         if e.mesh is not None:
             try:
@@ -623,7 +642,20 @@ class TakeReader:
             color_intrinsics=e.color_intrinsics, depth=depth, depth_intrinsics=e.depth_intrinsics,
             head_pose=None if e.head_pose is None else e.head_pose.copy(),
             blendshapes=None if e.blendshapes is None else e.blendshapes.copy(),
-            face_mesh=mesh, ground_truth=json.loads(e.raw).get("ground_truth"))
+            face_mesh=mesh, ground_truth=json.loads(e.raw).get("ground_truth"),
+            depth_confidence=confidence)
+
+    def _confidence(self, ref: _FileRef, size: tuple[int, int], index: int) -> np.ndarray:
+        """A confidence file: zlib of ``height * width`` uint8 levels, row-major."""
+        width, height = size
+        try:
+            raw = zlib.decompressobj().decompress(self._load(ref, index), width * height + 1)
+        except zlib.error as exc:
+            raise TakeError(f"{self.path / ref.rel} (frame {index}): corrupt ({exc})") from exc
+        if len(raw) != width * height:
+            raise TakeError(f"{self.path / ref.rel} (frame {index}): holds {len(raw)} levels, "
+                            f"the depth map has {width * height}")
+        return np.frombuffer(raw, np.uint8).reshape(height, width).copy()
 
     def iter_frames(self) -> Iterator[Frame]:
         for i in range(len(self._entries)):
@@ -688,6 +720,7 @@ class TakeReader:
             "fps": (len(ts) - 1) / duration if len(ts) > 1 and duration > 0 else None,
             "skipped": summary["skipped"],
             "has_depth": sum(e.depth is not None for e in self._entries),
+            "has_confidence": sum(e.confidence is not None for e in self._entries),
             "color_resolution": None if first is None else
             [first.color_intrinsics.width, first.color_intrinsics.height],
             "depth_resolution": None if first_depth is None or first_depth.depth_shape is None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
+import numpy as np
 
 from facestudio.capture.device import DeviceInfo, DeviceServer, StreamSettings
 from facestudio.capture.frame import EncodedDepth, Frame
@@ -65,6 +66,11 @@ class SyntheticFrameSource:
             head_pose=view.head_pose, blendshapes=view.blendshapes,
             ground_truth={"exact": True, "label": view.label, "segment": view.segment,
                           "script_time": round(float(t_loop), 6)})
+
+    def clean_depth(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Noise-free (depth, |cos(ray, normal)|) of the view at ``t``: for other sensor models."""
+        with self._lock:
+            return self._source.render_clean(t)
 
     def truth(self) -> dict[str, Any]:
         with self._lock:

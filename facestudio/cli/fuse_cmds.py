@@ -1,4 +1,4 @@
-"""Dataset commands: `fuse`, `eval fusion`, `bench fusion`, `export nerfstudio|mesh`."""
+"""Dataset commands: `fuse`, `eval fusion`, `eval confidence`, `bench fusion`, `export nerfstudio|mesh`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     which.add_argument("--all", action="store_true", help="every take in the library")
     p.add_argument("--no-anchor-pose", action="store_true",
                    help="ignore ARKit face-anchor poses and estimate head poses by registration")
+    p.add_argument("--no-confidence", action="store_true",
+                   help="fuse imported depth of every confidence (default: drop depth below the "
+                        "take's min_depth_confidence, as the source app's own tools do)")
     p.add_argument("--voxel-mm", type=float, default=2.0, help="TSDF voxel size in mm (default 2)")
     p.add_argument("--view-size", type=int, default=128, help="training view resolution (default 128)")
     add_json_flag(p)
@@ -42,6 +45,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q.add_argument("--seed", type=int, default=3, help="identity/script seed (default 3)")
     add_json_flag(q)
     q.set_defaults(func=run_eval_fusion)
+
+    q = group(sub, common, "eval").add_parser(
+        "confidence", parents=[common],
+        help="fusion accuracy with and without dropping low-confidence depth (LiDAR-like synthetic take)",
+        description="Renders a synthetic take with LiDAR-like depth and ARKit confidence (flying pixels "
+                    "at silhouettes and grazing surface marked low, oblique surface medium), fuses it "
+                    "keeping all depth, levels >= 1 (Stray's rule) and level 2 (Record3D's), and scores "
+                    "each against the exact meshes.")
+    q.add_argument("--face-model", metavar="PATH", help="ICT face model .npz (default: ../shared/data "
+                                                         "if present, else the procedural head)")
+    q.add_argument("--frames", type=int, default=300, help="frames of the synthetic take (default 300)")
+    q.add_argument("--seed", type=int, default=3, help="identity/script seed (default 3)")
+    q.add_argument("--anchor-only", action="store_true",
+                   help="skip the three fusions by registration (they take most of the time)")
+    add_json_flag(q)
+    q.set_defaults(func=run_eval_confidence)
 
     q = group(sub, common, "bench").add_parser(
         "fusion", parents=[common], help="TSDF integration frames/s per core and whole-take fusion time")
@@ -101,7 +120,8 @@ def run_fuse(args: argparse.Namespace) -> dict[str, Any]:
     if args.voxel_mm <= 0 or args.view_size < 16:
         raise ValueError("--voxel-mm must be > 0 and --view-size at least 16")
     config = FusionConfig(voxel_mm=args.voxel_mm, view_size=args.view_size,
-                          use_anchor_pose=not args.no_anchor_pose)
+                          use_anchor_pose=not args.no_anchor_pose,
+                          use_confidence=not args.no_confidence)
     root = _library()
     results = []
     for take in _takes(args):
@@ -151,6 +171,17 @@ def run_eval_fusion(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {"face_model": "ict" if model else "procedural", "frames": args.frames, "seed": args.seed,
             "targets": TARGETS, "checks": checks, "runs": runs}
+
+
+def run_eval_confidence(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.dataset.confidence_eval import evaluate_confidence
+
+    if args.frames < 30:
+        raise ValueError("--frames must be at least 30 (a segment needs steady frames)")
+    model = _face_model(args.face_model)
+    with tempfile.TemporaryDirectory(prefix="facestudio-eval-") as tmp:
+        result = evaluate_confidence(tmp, args.frames, model, args.seed, registration=not args.anchor_only)
+    return {"face_model": "ict" if model else "procedural", **result}
 
 
 def run_bench_fusion(args: argparse.Namespace) -> dict[str, Any]:

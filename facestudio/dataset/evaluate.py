@@ -18,31 +18,47 @@ by one rigid transform for the whole take; pose errors are what remains per fram
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import open3d as o3d
 
+from facestudio.capture.frame import Frame
 from facestudio.capture.take import TakeReader, TakeWriter
 from facestudio.dataset.canonical import rotation_angle_deg
 from facestudio.dataset.segment import HEAD_BOX_CENTER, Segment
 
+if TYPE_CHECKING:
+    from facestudio.capture.virtual_device import SyntheticFrameSource
+
 GRAZING_COS = 0.3
+
+
+#: Turns a virtual-device frame into another sensor's: (frame, its source, time) -> frame.
+Restyle = Callable[[Frame, "SyntheticFrameSource", float], Frame]
 
 
 def record_synthetic_take(path: str | os.PathLike[str], frames: int = 300, fps: float = 30.0,
                           face_model: str | os.PathLike[str] | None = None, seed: int = 0,
-                          subject: str = "synthetic", take: str = "take") -> Path:
-    """Render a virtual-device take with ground truth straight to disk (no network)."""
+                          subject: str = "synthetic", take: str = "take",
+                          restyle: Restyle | None = None,
+                          manifest: dict[str, Any] | None = None) -> Path:
+    """Render a virtual-device take with ground truth straight to disk (no network).
+
+    ``restyle`` swaps the TrueDepth-like frames for another sensor's (e.g. LiDAR depth with
+    confidence); ``manifest`` adds fields to the take's manifest."""
     from facestudio.capture.recorder import truth_arrays
     from facestudio.capture.virtual_device import SyntheticFrameSource
 
     source = SyntheticFrameSource(None if face_model is None else str(face_model), seed=seed)
-    writer = TakeWriter(path, {"subject": subject, "take": take, "device": {"name": "virtual"}})
+    writer = TakeWriter(path, {"subject": subject, "take": take, "device": {"name": "virtual"},
+                               **(manifest or {})})
     for i in range(frames):
-        writer.append(replace(source.frame(i, i / fps), timestamp=i / fps))
+        frame = replace(source.frame(i, i / fps), timestamp=i / fps)
+        writer.append(frame if restyle is None else restyle(frame, source, i / fps))
     writer.add_attachment("ground_truth", truth_arrays(source.truth()))
     writer.close()
     return Path(path)

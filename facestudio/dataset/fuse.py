@@ -3,7 +3,9 @@
 ``fuse_take`` streams the take in recording order (holding a take's decoded frames would
 need gigabytes). Without anchor poses a first pass tracks the head through every frame
 (registration needs small steps) and fixes the canonical frame, which must be known before
-anything is fused. The fusing pass then, per frame, decodes color and depth, masks the head,
+anything is fused. The fusing pass then, per frame, decodes color and depth (dropping depth
+below the take's ``min_depth_confidence`` where an import carried ARKit confidence maps: the
+LiDAR's unreliable edge and grazing pixels; ``use_confidence``), masks the head,
 integrates the frame into its segment's TSDF and, for the chosen frames, writes a training
 view. When a segment's last frame has passed, its mesh is extracted and its segment.json
 written. Output goes to a staging folder outside the datasets tree first and replaces the
@@ -25,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facestudio.capture.frame import Frame, Intrinsics
+from facestudio.capture.frame import HIGH_CONFIDENCE, Frame, Intrinsics
 from facestudio.capture.take import TakeReader
 from facestudio.dataset.canonical import FrameToModelTracker, canonicalize, organized_normals
 from facestudio.dataset.masks import head_mask
@@ -53,6 +55,8 @@ class FusionConfig:
     view_size: int = 128             # training view resolution (square)
     max_views: int = 64              # per segment, evenly spread over its frames (<= 0: all)
     use_anchor_pose: bool = True     # False: estimate poses by registration even if anchors exist
+    use_confidence: bool = True      # drop depth below the take's min_depth_confidence (imports)
+    min_confidence: int | None = None  # with use_confidence: this level instead of the take's
     color_refine: bool = True        # settle mask borders by color
     min_mask_pixels: int = 400       # fewer head pixels with depth = face lost on that frame
     segmenting: SegmentingConfig = field(default_factory=SegmentingConfig)
@@ -106,6 +110,22 @@ def plan_segments(reader: TakeReader, config: FusionConfig) -> list[Span]:
                         _prompts(reader.manifest), config.segmenting)
 
 
+def min_confidence(reader: TakeReader, config: FusionConfig) -> int | None:
+    """The lowest depth confidence fusion keeps: ``config.min_confidence``, else the take's
+    ``min_depth_confidence`` (what the source app's own tools trust; ARKit's high level if a
+    take with maps does not say), or None when ``config.use_confidence`` is off. Only frames
+    with confidence maps are affected."""
+    if not config.use_confidence:
+        return None
+    level, where = config.min_confidence, "FusionConfig.min_confidence"
+    if level is None:
+        level = reader.manifest.get("min_depth_confidence", HIGH_CONFIDENCE)
+        where = f"{reader.path}: manifest min_depth_confidence"
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= HIGH_CONFIDENCE:
+        raise ValueError(f"{where} must be an ARKit level 0-{HIGH_CONFIDENCE}, got {level!r:.40}")
+    return level
+
+
 def _depth_intrinsics(frame: Frame, depth_shape: tuple[int, int]) -> Intrinsics:
     h, w = depth_shape
     k = frame.depth_intrinsics or frame.color_intrinsics
@@ -155,8 +175,9 @@ def _run(reader: TakeReader, spans: list[Span], anchors: np.ndarray | None, out:
     owner = {int(p): k for k, s in enumerate(spans) for p in s.positions}
     ends = {int(s.positions[-1]): k for k, s in enumerate(spans)}
     residuals = np.full(len(reader), np.nan)
+    level = min_confidence(reader, config)
     if anchors is None:
-        anchors, residuals = _track(reader, spans, config, progress, cancel)
+        anchors, residuals = _track(reader, spans, level, progress, cancel)
     positions = sorted(owner)
     opened: dict[int, _Open] = {}
     for done, pos in enumerate(positions):
@@ -166,7 +187,7 @@ def _run(reader: TakeReader, spans: list[Span], anchors: np.ndarray | None, out:
             opened[k] = _open_segment(k, spans[k], out, config)
         pose = anchors[pos]
         _process_frame(reader, pos, pose if np.isfinite(pose).all() else None, residuals[pos],
-                       opened[k], config)
+                       opened[k], config, level)
         if ends.get(pos) == k:
             _close_segment(opened.pop(k), reader.indices, subject, take, config,
                            registered=bool(np.isfinite(residuals).any()))
@@ -180,7 +201,7 @@ def _check(cancel: threading.Event | None, reader: TakeReader) -> None:
         raise FusionCancelled(f"fusion of {reader.path} was cancelled")
 
 
-def _track(reader: TakeReader, spans: list[Span], config: FusionConfig, progress: Progress | None,
+def _track(reader: TakeReader, spans: list[Span], level: int | None, progress: Progress | None,
            cancel: threading.Event | None) -> tuple[np.ndarray, np.ndarray]:
     """Head poses by registration, (N, 4, 4) head->camera (NaN where lost) and ICP residuals.
 
@@ -194,7 +215,7 @@ def _track(reader: TakeReader, spans: list[Span], config: FusionConfig, progress
     for pos in range(first, last + 1):
         _check(cancel, reader)
         frame = reader.frame(pos)
-        depth = frame.depth_m()
+        depth = frame.depth_m(level)
         if depth is not None:
             dk = _depth_intrinsics(frame, depth.shape)
             _, measured = head_mask(depth, dk, None)
@@ -221,9 +242,9 @@ def _open_segment(k: int, span: Span, out: Path, config: FusionConfig) -> _Open:
 
 
 def _process_frame(reader: TakeReader, pos: int, head_to_cam: np.ndarray | None, residual: float,
-                   seg: _Open, config: FusionConfig) -> None:
+                   seg: _Open, config: FusionConfig, level: int | None) -> None:
     frame = reader.frame(pos)
-    depth = frame.depth_m()
+    depth = frame.depth_m(level)
     if depth is None or head_to_cam is None:
         seg.quality.add_frame(None)
         return

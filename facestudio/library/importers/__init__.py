@@ -11,6 +11,11 @@ LiDAR odometry), not face-anchor poses, so they never become ``head_pose``: they
 the attachment ``camera_poses`` (arrays ``index`` and ``cam_to_world`` (N, 4, 4), OpenGL
 axes like every pose in FaceStudio; Stray's OpenCV-axes odometry is converted) for tools that
 want them.
+
+Both apps store ARKit's per-pixel depth confidence (0 low, 1 medium, 2 high) beside the depth;
+it is kept with each frame (``Frame.depth_confidence``) and the manifest's
+``min_depth_confidence`` says the lowest level the app's own tools trust, which fusion keeps
+(Record3D's readers keep only 2, Stray's visualiser defaults to 1 and up).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from facestudio.capture.frame import HIGH_CONFIDENCE
 
 FORMATS = ("record3d", "stray")
 POSES_ATTACHMENT = "camera_poses"
@@ -70,11 +77,22 @@ def pose_matrix(pose: Sequence[float], what: str) -> np.ndarray:
     return m
 
 
+def confidence_levels(levels: np.ndarray, depth_shape: tuple[int, ...], where: str) -> np.ndarray:
+    """An ARKit confidence map (uint8 0/1/2) of the depth map's size, or a ValueError."""
+    if levels.dtype != np.uint8 or levels.shape != depth_shape:
+        raise ValueError(f"{where}: confidence map is {levels.dtype} {levels.shape}, the depth "
+                         f"map is {depth_shape}: expected one uint8 level per depth pixel")
+    if levels.size and int(levels.max()) > HIGH_CONFIDENCE:
+        raise ValueError(f"{where}: confidence level {int(levels.max())} is not an ARKit level "
+                         f"(0 low, 1 medium, {HIGH_CONFIDENCE} high)")
+    return levels
+
+
 def manifest_fields(subject: str, take: str, label: str | None, source: str,
-                    device: dict[str, Any]) -> dict[str, Any]:
+                    device: dict[str, Any], min_depth_confidence: int) -> dict[str, Any]:
     """The manifest fields every import writes (docs/formats.md, manifest.json)."""
     return {"subject": subject, "take": take, "labels": [label] if label else [],
-            "source": source, "device": device}
+            "source": source, "device": device, "min_depth_confidence": min_depth_confidence}
 
 
 @contextlib.contextmanager

@@ -3,9 +3,10 @@
 An .r3d is a ZIP holding ``metadata`` (JSON: ``w``, ``h`` = RGB size; ``K`` = 9 floats,
 column-major; ``fps``; ``dw``, ``dh`` = depth size, absent in old files; ``poses`` = per frame
 [qx, qy, qz, qw, px, py, pz] camera-to-world, OpenGL axes, identity for the front camera;
-optional ``frameTimestamps``), ``rgbd/N.jpg`` and ``rgbd/N.depth`` (LZFSE-compressed
-row-major float32 metres, NaN = invalid). Other entries (``rgbd/N.conf``, ``icon``, audio)
-are not needed and ignored.
+optional ``frameTimestamps``), ``rgbd/N.jpg``, ``rgbd/N.depth`` (LZFSE-compressed
+row-major float32 metres, NaN = invalid) and, from the LiDAR camera, ``rgbd/N.conf``
+(LZFSE-compressed uint8 ARKit confidence per depth pixel: 0 low, 1 medium, 2 high). Other
+entries (``icon``, audio) are not needed and ignored.
 
 Choices:
 - Images are stored exactly as Record3D stored them, JPEGs byte for byte and never
@@ -14,6 +15,8 @@ Choices:
   mirrored intrinsics to stay consistent, so fusion works on what is stored.
 - Depth is stored losslessly as float32/zlib with invalid (NaN, inf, <= 0) pixels set to 0;
   its intrinsics are ``K`` rescaled from the RGB to the depth resolution.
+- Confidence maps are kept as they are, with ``min_depth_confidence`` 2 in the manifest:
+  readers of Record3D files keep only high-confidence depth, so fusion does too (by default).
 - The front camera has no pose (Record3D writes identity), so the take has no head_pose and
   fusion estimates the head pose by registration. Non-identity poses (back camera) are kept
   in the ``camera_poses`` attachment, never as head_pose (package docstring).
@@ -35,8 +38,8 @@ import numpy as np
 
 from facestudio.capture.frame import EncodedDepth, Frame, Intrinsics
 from facestudio.capture.take import TakeReader, TakeWriter
-from facestudio.library.importers import (POSES_ATTACHMENT, dimension, manifest_fields, number,
-                                          pose_matrix, staged_take)
+from facestudio.library.importers import (POSES_ATTACHMENT, confidence_levels, dimension,
+                                          manifest_fields, number, pose_matrix, staged_take)
 
 import lzfse  # Record3D compresses depth with Apple's LZFSE
 
@@ -102,13 +105,27 @@ def parse_metadata(raw: bytes, where: str = "metadata") -> R3DMetadata:
     return R3DMetadata(color, fps, depth_size, cam_to_world, timestamps)
 
 
+def _decompress(data: bytes, what: str, where: str) -> bytes:
+    try:
+        return lzfse.decompress(data)
+    except (lzfse.error, MemoryError, ValueError) as exc:
+        raise ValueError(f"{where}: corrupt or truncated LZFSE {what} data "
+                         f"({type(exc).__name__})") from None
+
+
+def decode_confidence(data: bytes, depth_shape: tuple[int, int], where: str) -> np.ndarray:
+    """LZFSE uint8 levels -> (dh, dw) uint8; ValueError if damaged or not the depth's size."""
+    raw = _decompress(data, "confidence", where)
+    if len(raw) != depth_shape[0] * depth_shape[1]:
+        raise ValueError(f"{where}: confidence has {len(raw)} values, the depth map "
+                         f"{depth_shape[1]}x{depth_shape[0]} (truncated or mismatched file)")
+    return confidence_levels(np.frombuffer(raw, np.uint8).reshape(depth_shape), depth_shape,
+                             where)
+
+
 def decode_depth(data: bytes, meta: R3DMetadata, where: str) -> np.ndarray:
     """LZFSE float32 metres -> (dh, dw) float32 with invalid pixels 0; ValueError if damaged."""
-    try:
-        raw = lzfse.decompress(data)
-    except (lzfse.error, MemoryError, ValueError) as exc:
-        raise ValueError(f"{where}: corrupt or truncated LZFSE depth data "
-                         f"({type(exc).__name__})") from None
+    raw = _decompress(data, "depth", where)
     if len(raw) % 4 or not raw:
         raise ValueError(f"{where}: decompressed depth holds {len(raw)} bytes, not whole float32 "
                          "values (truncated?)")
@@ -175,12 +192,13 @@ def import_record3d(r3d_path: str | os.PathLike[str], take_path: str | os.PathLi
         numbers = sorted(int(m.group(1)) for m in map(_COLOR.fullmatch, zf.namelist()) if m)
         if not numbers:
             raise ValueError(f"{source}: no frames (no rgbd/N.jpg entries)")
+        names = set(zf.namelist())
         device = {"app": "Record3D", "file": source.name,
                   "camera": "front TrueDepth" if meta.cam_to_world is None else "back"}
         pose_index: list[int] = []
         with staged_take(take_path) as staging:
-            with TakeWriter(staging, manifest_fields(subject, take, label, "record3d",
-                                                     device)) as writer:
+            with TakeWriter(staging, manifest_fields(subject, take, label, "record3d", device,
+                                                     min_depth_confidence=2)) as writer:
                 for n in numbers:
                     jpeg = _read(zf, f"rgbd/{n}.jpg", source)
                     color = _color_intrinsics(jpeg, meta, f"{source}: rgbd/{n}.jpg")
@@ -193,11 +211,16 @@ def import_record3d(r3d_path: str | os.PathLike[str], take_path: str | os.PathLi
                     else:
                         raise ValueError(f"{source}: metadata: frameTimestamps has no time for "
                                          f"frame {n} and there is no fps")
+                    conf = None
+                    if f"rgbd/{n}.conf" in names:
+                        conf = decode_confidence(_read(zf, f"rgbd/{n}.conf", source), depth.shape,
+                                                 f"{source}: rgbd/{n}.conf")
                     dh, dw = depth.shape
                     writer.append(Frame(index=n, timestamp=t, color_jpeg=jpeg,
                                         color_intrinsics=color,
                                         depth=EncodedDepth.encode(depth, "float32"),
-                                        depth_intrinsics=meta.color.scaled(dw, dh)))
+                                        depth_intrinsics=meta.color.scaled(dw, dh),
+                                        depth_confidence=conf))
                     if meta.cam_to_world is not None and n < len(meta.cam_to_world):
                         pose_index.append(n)
                 if pose_index and meta.cam_to_world is not None:

@@ -3,7 +3,8 @@
 A Stray Scanner capture is a folder: ``rgb.mp4`` (the color video), ``depth/NNNNNN.png``
 (uint16 millimetres, 0 = invalid, typically 256x192), ``camera_matrix.csv`` (3x3 intrinsics
 at the video's resolution), ``odometry.csv`` (``timestamp, frame, x, y, z, qx, qy, qz, qw``:
-camera-to-world per frame) and ``confidence/``, ``imu.csv`` (not needed, ignored).
+camera-to-world per frame), ``confidence/NNNNNN.png`` (8-bit ARKit confidence per depth pixel:
+0 low, 1 medium, 2 high) and ``imu.csv`` (not needed, ignored).
 
 Odometry is in OpenCV camera axes (x right, y down, looking down +Z): the app's
 OdometryEncoder writes ARKit's camera transform times a 180-degree rotation about x
@@ -12,8 +13,10 @@ expect. The take's ``camera_poses`` are in OpenGL axes like every other pose in 
 each pose is turned back (right-multiplied by GL_TO_CV): the result is ARKit's
 ``camera.transform``. The position is unaffected.
 
-Frame N of the take is video frame N with depth/N.png. Video frames are re-encoded as JPEG
-(quality 95: the take format stores JPEG color); depth is converted to metres losslessly.
+Frame N of the take is video frame N with depth/N.png and confidence/N.png (when present).
+Video frames are re-encoded as JPEG (quality 95: the take format stores JPEG color); depth is
+converted to metres losslessly. Confidence is kept with ``min_depth_confidence`` 1 in the
+manifest: Stray's own visualiser keeps levels >= 1 by default (``--confidence``).
 Odometry poses are LiDAR-world camera poses, kept in the ``camera_poses`` attachment and
 never used as head_pose; timestamps come from odometry, or from the video's frame rate
 when odometry.csv is absent.
@@ -33,8 +36,8 @@ import numpy as np
 
 from facestudio.capture.frame import GL_TO_CV, EncodedDepth, Frame, Intrinsics
 from facestudio.capture.take import TakeReader, TakeWriter
-from facestudio.library.importers import (POSES_ATTACHMENT, manifest_fields, number, pose_matrix,
-                                          staged_take)
+from facestudio.library.importers import (POSES_ATTACHMENT, confidence_levels, manifest_fields,
+                                          number, pose_matrix, staged_take)
 
 _DEPTH = re.compile(r"(\d{1,9})\.png")
 _ODOMETRY_COLUMNS = ("timestamp", "frame", "x", "y", "z", "qx", "qy", "qz", "qw")
@@ -91,14 +94,26 @@ def _read_text(path: Path) -> str:
         raise ValueError(f"{path}: unreadable ({exc})") from None
 
 
-def _read_depth(path: Path) -> np.ndarray:
-    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if depth is None:
+def _read_png(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
         raise ValueError(f"{path}: not a readable PNG image")
+    return image
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    depth = _read_png(path)
     if depth.dtype != np.uint16 or depth.ndim != 2:
         raise ValueError(f"{path}: expected a 16-bit single-channel depth PNG, got "
                          f"{depth.dtype} with shape {depth.shape}")
     return depth.astype(np.float32) / 1000.0
+
+
+def _read_confidence(path: Path, depth_shape: tuple[int, ...]) -> np.ndarray | None:
+    """confidence/N.png, or None where the app wrote none for this frame."""
+    if not path.is_file():
+        return None
+    return confidence_levels(_read_png(path), depth_shape, str(path))
 
 
 def import_stray(folder: str | os.PathLike[str], take_path: str | os.PathLike[str],
@@ -131,8 +146,8 @@ def import_stray(folder: str | os.PathLike[str], take_path: str | os.PathLike[st
     poses: list[tuple[int, np.ndarray]] = []
     try:
         with staged_take(take_path) as staging:
-            with TakeWriter(staging, manifest_fields(subject, take, label, "stray",
-                                                     device)) as writer:
+            with TakeWriter(staging, manifest_fields(subject, take, label, "stray", device,
+                                                     min_depth_confidence=1)) as writer:
                 position = -1
                 for index, depth_path in depth_files:
                     while position < index:
@@ -146,6 +161,7 @@ def import_stray(folder: str | os.PathLike[str], take_path: str | os.PathLike[st
                     color = Intrinsics(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]),
                                        float(K[1, 2]), w, h)
                     depth = _read_depth(depth_path)
+                    conf = _read_confidence(src / "confidence" / depth_path.name, depth.shape)
                     if index in odometry:
                         t, pose = odometry[index]
                         poses.append((index, pose))
@@ -162,7 +178,8 @@ def import_stray(folder: str | os.PathLike[str], take_path: str | os.PathLike[st
                     writer.append(Frame(
                         index=index, timestamp=t, color_jpeg=jpeg.tobytes(),
                         color_intrinsics=color, depth=EncodedDepth.encode(depth, "float32"),
-                        depth_intrinsics=color.scaled(depth.shape[1], depth.shape[0])))
+                        depth_intrinsics=color.scaled(depth.shape[1], depth.shape[0]),
+                        depth_confidence=conf))
                 if poses:
                     writer.add_attachment(POSES_ATTACHMENT, {
                         "index": np.array([i for i, _ in poses], np.int64),
