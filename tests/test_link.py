@@ -16,7 +16,7 @@ import pytest
 from facestudio.capture.channel import Channel
 from facestudio.capture.device import DeviceInfo, DeviceServer
 from facestudio.capture.pairing import PairingError
-from facestudio.capture.protocol import Message, MsgType, encode_message, frame_to_message
+from facestudio.capture.protocol import PROTOCOL_VERSION, Message, MsgType, encode_message, frame_to_message
 from facestudio.capture.receiver import DeviceClient, DeviceError, FrameQueue
 from facestudio.capture.virtual_device import ReplayFrameSource, VirtualDevice
 from framegen import make_frame
@@ -185,8 +185,10 @@ class RogueDevice:
         ch = Channel(sock, record_timeout=10)
         try:
             if self.pair:
-                self.server._handshake(ch)
+                self.server._handshake(ch, time.monotonic() + 10)
                 start = ch.recv()
+                while start.type is MsgType.PING:       # the desktop's first PING comes right after pairing
+                    start = ch.recv()
                 assert start.type is MsgType.START
                 ch.send(Message(MsgType.STARTED, {"fps": 30}))
             self.script(ch)
@@ -311,4 +313,4 @@ def test_discovery_finds_an_advertised_device_on_loopback():
     with VirtualDevice(source, name="Lab iPad", pin=PIN, interfaces=["127.0.0.1"]) as device:
         found = discover(timeout=8, interfaces=["127.0.0.1"], expect=1)
     assert any(d.name == "Lab iPad" and d.port == device.address[1] and d.host == "127.0.0.1"
-               and d.protocol == 1 for d in found), found
+               and d.protocol == PROTOCOL_VERSION for d in found), found
