@@ -149,7 +149,7 @@ class DeviceClient:
             method = reply.header.get("pairing")
             if method == "none":
                 if not self.insecure:
-                    raise DeviceError("device offered an unencrypted link; refusing")
+                    raise ProtocolError("the device offered an unencrypted link (only benchmarks ask for one)")
                 ch.allow_large_plain_records()
                 self._start_session_threads()
                 return self.device
@@ -176,7 +176,11 @@ class DeviceClient:
             ch.send_last(error_message("protocol", str(exc)))
             ch.close()
             raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
-        except (PeerClosed, RecordTimeout, OSError) as exc:
+        except RecordTimeout as exc:
+            ch.send_last(error_message("timeout", f"no answer from the device in time: {exc}"))
+            ch.close()
+            raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
+        except (PeerClosed, OSError) as exc:
             ch.close()
             raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
         except (PairingError, DeviceError):
@@ -250,7 +254,11 @@ class DeviceClient:
 
     # ------------------------------------------------------------------ session
     def _start_session_threads(self) -> None:
-        """After pairing: one reader for everything the device sends, one pinger (keepalive + clock)."""
+        """After pairing: the first PING (sent here, so it precedes any START on the wire and the
+        clock offset is known before frames flow), one reader for everything the device sends and
+        one pinger (keepalive and clock, every 2 s)."""
+        assert self._ch is not None
+        self._send_ping(self._ch)
         self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"recv-{self.port}")
         self._pinger = threading.Thread(target=self._ping_loop, daemon=True, name=f"ping-{self.port}")
         self._reader.start()
@@ -346,15 +354,16 @@ class DeviceClient:
             self.clock.add(float(t0), float(t_dev), t1)
             self.stats.clock_offset_s = self.clock.offset
 
+    @staticmethod
+    def _send_ping(ch: Channel) -> None:
+        ch.send(Message(MsgType.PING, {"t": time.monotonic()}))
+
     def _ping_loop(self) -> None:
-        """PING right after pairing (so the clock offset is known before frames flow), then every 2 s."""
-        while True:
+        ch = self._ch
+        while ch is not None and not self._closed.wait(PING_INTERVAL_S):
             try:
-                if self._ch is not None:
-                    self._ch.send(Message(MsgType.PING, {"t": time.monotonic()}))
+                self._send_ping(ch)
             except OSError:
-                return
-            if self._closed.wait(PING_INTERVAL_S):
                 return
 
     # ------------------------------------------------------------------ ending
