@@ -322,6 +322,21 @@ def test_rogue_device_that_never_answers_the_handshake():
     assert time.monotonic() - t0 < 3
 
 
+def test_a_version_1_device_is_refused_with_a_clear_message():
+    def version_1_device(listener):
+        sock, _ = listener.accept()
+        ch = Channel(sock)
+        ch.recv()
+        ch.send_last(Message(MsgType.ERROR, {"code": "version", "message": "device speaks protocol [1]"}))
+        ch.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        threading.Thread(target=version_1_device, args=(listener,), daemon=True).start()
+        with pytest.raises(DeviceError, match="does not speak capture protocol 2.*update"):
+            DeviceClient("127.0.0.1", listener.getsockname()[1], PIN, timeout=3).connect()
+
+
 def test_rogue_device_garbage_handshake():
     rogue = RogueDevice(lambda ch: ch.sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n" * 4), pair=False)
     with pytest.raises(DeviceError, match="handshake"):
