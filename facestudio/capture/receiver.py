@@ -323,16 +323,16 @@ class DeviceClient:
     def _on_frame(self, frame: Frame, total_bytes: int) -> None:
         if frame.index <= self._last_index:
             raise ProtocolError(f"frame index {frame.index} after {self._last_index} (out of order)")
-        frame.received = time.time()
+        now, frame.received = time.monotonic(), time.time()
         captured = self.clock.to_desktop(frame.timestamp)
-        frame.latency_s = None if captured is None else time.monotonic() - captured
+        frame.latency_s = None if captured is None else now - captured
         s = self.stats
         if self._last_index >= 0:
             s.device_skipped += frame.index - self._last_index - 1
         self._last_index = frame.index
         s.frames += 1
         s.bytes = total_bytes
-        s._arrivals.append((time.monotonic(), total_bytes))
+        s._arrivals.append((now, total_bytes))
         if frame.latency_s is not None:
             s._latencies.append(frame.latency_s)
         if len(s._arrivals) >= 2:
