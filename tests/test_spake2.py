@@ -65,7 +65,9 @@ def test_a_different_password_gives_different_keys():
     (RFC["pA"][:33], "65-byte"),
     (b"\x02" + RFC["pA"][1:], "uncompressed"),
     (RFC["pA"][:-1] + bytes([RFC["pA"][-1] ^ 1]), "not a point"),
-    (b"\x04" + b"\xff" * 64, "not a point"),
+    (b"\x04" + b"\xff" * 64, "below the field prime"),
+    (b"\x04" + bytes(64), "identity"),                 # pycryptodome's encoding of the identity
+    (b"\x04" + (2 ** 256 - 2 ** 224 + 2 ** 192 + 2 ** 96 - 1).to_bytes(32, "big") + bytes(32), "below the field"),
 ])
 def test_invalid_elements_are_refused(bad, text):
     a, _ = _sides()

@@ -227,18 +227,28 @@ class DeviceClient:
             raise DeviceError("already streaming")
         self._drain_control()
         self._last_index = -1
-        self._ch.send(Message(MsgType.START, {"fps": fps, "color_width": color_width,
-                                              "color_height": color_height, "depth_every": depth_every,
-                                              "ground_truth": ground_truth}))
+        try:
+            self._ch.send(Message(MsgType.START, {"fps": fps, "color_width": color_width,
+                                                  "color_height": color_height, "depth_every": depth_every,
+                                                  "ground_truth": ground_truth}))
+        except OSError:
+            pass        # the device hung up (after ERROR busy, say): the reader knows why, see below
         self.settings = self._await_control(MsgType.STARTED).header
         return self.settings
 
     def _await_control(self, mtype: MsgType) -> Message:
-        """The reader thread hands STARTED/STOPPED/ERROR replies over through the control mailbox."""
-        try:
-            msg = self._control.get(timeout=self.timeout)
-        except queue.Empty:
-            raise DeviceError(f"device did not answer with {mtype.name} within {self.timeout:g} s") from None
+        """The reader thread hands STARTED/STOPPED/ERROR replies over through the control mailbox;
+        a connection that ended meanwhile is reported with the reader's reason, without waiting."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                msg = self._control.get(timeout=0.05)
+                break
+            except queue.Empty:
+                if self._closed.is_set():
+                    raise DeviceError(self.error or "device closed the connection") from None
+                if time.monotonic() > deadline:
+                    raise DeviceError(f"device did not answer with {mtype.name} within {self.timeout:g} s") from None
         if msg is None or msg.type is MsgType.ERROR:
             raise DeviceError(self.error or "device closed the connection")
         if msg.type is not mtype:

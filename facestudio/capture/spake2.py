@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551   # n of P-256
+FIELD_PRIME = 2 ** 256 - 2 ** 224 + 2 ** 192 + 2 ** 96 - 1
 ELEMENT_BYTES = 65          # SEC1 uncompressed point: 04 | x | y
 SCALAR_BYTES = 32
 CONFIRM_BYTES = 32          # HMAC-SHA256 tag
@@ -45,14 +46,20 @@ def encode_point(point: EccPoint) -> bytes:
 
 def decode_point(data: bytes) -> EccPoint:
     """An uncompressed SEC1 point, checked to lie on the curve (P-256's cofactor is 1, so that
-    is group membership; the identity has no 65-byte encoding)."""
+    is group membership). The identity has no SEC1 encoding; pycryptodome would read (0, 0) as
+    it, so that is refused explicitly, as are coordinates that are not reduced mod p."""
     if len(data) != ELEMENT_BYTES or data[0] != 4:
         raise InvalidElement(f"expected a {ELEMENT_BYTES}-byte uncompressed P-256 point (04 | x | y)")
     x, y = int.from_bytes(data[1:33], "big"), int.from_bytes(data[33:], "big")
+    if x >= FIELD_PRIME or y >= FIELD_PRIME:
+        raise InvalidElement("the element's coordinates are not below the field prime")
     try:
-        return EccPoint(x, y, "P-256")
+        point = EccPoint(x, y, "P-256")
     except ValueError:
         raise InvalidElement("the element is not a point on P-256") from None
+    if point.is_point_at_infinity():
+        raise InvalidElement("the element is the identity")
+    return point
 
 
 def _len8(data: bytes) -> bytes:
