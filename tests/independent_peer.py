@@ -393,6 +393,7 @@ class IndependentDevice:
         self.port = self.listener.getsockname()[1]
         self.failures, self.locked_until, self.attempt = 0, 0.0, False
         self.guard = threading.Lock()
+        self.links: list[Link] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -407,6 +408,8 @@ class IndependentDevice:
         self.stopping.set()
         self.thread.join(timeout=5)
         self.listener.close()
+        for link in self.links:           # their threads end at once instead of at a timeout
+            link.close()
 
     def _accept(self) -> None:
         while not self.stopping.is_set():
@@ -414,7 +417,8 @@ class IndependentDevice:
                 sock, _ = self.listener.accept()
             except socket.timeout:
                 continue
-            threading.Thread(target=self._connection, args=(Link(sock),), daemon=True).start()
+            self.links.append(Link(sock))
+            threading.Thread(target=self._connection, args=(self.links[-1],), daemon=True).start()
 
     def _connection(self, link: Link) -> None:
         try:
