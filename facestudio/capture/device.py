@@ -167,10 +167,11 @@ class DeviceServer:
             try:
                 self._handshake(ch, time.monotonic() + self.handshake_timeout)
             except RecordTimeout as exc:
-                raise Refusal("timeout", f"pairing must complete within {self.handshake_timeout:g} s "
-                                         f"of connecting ({exc})") from None
+                raise Refusal("timeout", f"pairing did not complete in time ({exc}); the limits are "
+                                         f"{self.record_timeout:g} s per message and "
+                                         f"{self.handshake_timeout:g} s in all") from None
             if not self._busy.acquire(blocking=False):
-                raise Refusal("busy", f"{self.info.name} is streaming to another desktop")
+                raise Refusal("busy", f"{self.info.name} is in use by another desktop")
             try:
                 self._session(ch)
             finally:
