@@ -105,6 +105,20 @@ def _fixed_randomness(setattr_: Callable[[Any, str, Any], None]) -> None:
     setattr_(denoiser, "edm_loss", edm_loss)
 
 
+def _record_latents(path: Path, setattr_: Callable[[Any, str, Any], None]) -> None:
+    """Save the latents stage 2 trains on: the comparison holds only if every process has the same."""
+    from facestudio.models import train_diffusion
+
+    load = train_diffusion.load_latent_set
+
+    def recording(trained):
+        data = load(trained)
+        path.write_bytes(data.latents.numpy().tobytes())
+        return data
+
+    setattr_(train_diffusion, "load_latent_set", recording)
+
+
 def _draws_target(kind: str):
     """The draw each trainer makes per step: (objects, views) for stage 1, latent indices for stage 2."""
     from facestudio.models import distributed, train_autodecoder
@@ -167,6 +181,9 @@ def _rank_main(rank: int, port: int, job: str, out: str, args: dict[str, Any]) -
     if job in ("autodecoder", "diffusion"):     # to compare with one process
         _fixed_randomness(lambda obj, name, value: setattr(obj, name, value))
         _record_draws(job, out_dir / f"draws{rank}.jsonl")
+    if job == "diffusion":
+        _record_latents(out_dir / f"latents{rank}.bin", lambda obj, name, value: setattr(obj, name, value))
+        torch.set_num_threads(2)    # not the config's 1 thread, nor the single process's 3 below
     stop = threading.Event()
     if job == "stop":     # rank 0 asks to stop after step 2 (Ctrl+C in a terminal, say); rank 1 never does
         args["progress_cb"] = lambda p: stop.set() if p["step"] == 2 else None
@@ -268,7 +285,13 @@ def test_two_diffusion_processes_equal_one_with_their_union_batch(autodecoder_ru
 
     _fixed_randomness(monkeypatch.setattr)
     _replay_union("diffusion", draws, monkeypatch)
+    _record_latents(tmp_path / "latents_single.bin", monkeypatch.setattr)
+    torch.set_num_threads(3)     # the thread count a process starts with must not matter
     train_diffusion(autodecoder_run, single_run, tiny_diffusion(), "cpu", STEPS)
+    single_latents = (tmp_path / "latents_single.bin").read_bytes()
+    # Bit-identical: the latent pass runs on the configured threads in every process (float sums
+    # over 1 and 2 threads differ, and Adam turns that noise into half the tolerance below).
+    assert all((tmp_path / "out" / f"latents{r}.bin").read_bytes() == single_latents for r in range(WORLD))
     np.testing.assert_allclose(_losses(ddp_run), _losses(single_run), rtol=1e-5)
     config = load_diffusion_config(ddp_run / "config.toml")
     model = ConditionalDenoiser(config.denoiser)

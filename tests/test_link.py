@@ -16,7 +16,7 @@ import pytest
 from facestudio.capture.channel import Channel
 from facestudio.capture.device import DeviceInfo, DeviceServer
 from facestudio.capture.pairing import PairingError
-from facestudio.capture.protocol import Message, MsgType, encode_message, frame_to_message
+from facestudio.capture.protocol import PROTOCOL_VERSION, Message, MsgType, encode_message, frame_to_message
 from facestudio.capture.receiver import DeviceClient, DeviceError, FrameQueue
 from facestudio.capture.virtual_device import ReplayFrameSource, VirtualDevice
 from framegen import make_frame
@@ -185,8 +185,10 @@ class RogueDevice:
         ch = Channel(sock, record_timeout=10)
         try:
             if self.pair:
-                self.server._handshake(ch)
+                self.server._handshake(ch, time.monotonic() + 10)
                 start = ch.recv()
+                while start.type is MsgType.PING:       # the desktop's first PING comes right after pairing
+                    start = ch.recv()
                 assert start.type is MsgType.START
                 ch.send(Message(MsgType.STARTED, {"fps": 30}))
             self.script(ch)
@@ -223,12 +225,70 @@ def test_rogue_device_garbage_record():
     assert "authentication" in error
 
 
-def test_rogue_device_invalid_frame_content():
+def test_rogue_device_invalid_frame_content_gets_one_error_saying_why():
+    answers = []
+
     def script(ch):
         msg = frame_to_message(make_frame(1))
         msg.header["blendshapes"] = [0.5] * 3
         ch.send(msg)
+        while True:                           # PINGs, then the desktop's last word, then EOF
+            try:
+                answers.append(ch.recv(timeout=5))
+            except ConnectionError:
+                return
     assert "52" in _stream_error(script)
+    time.sleep(0.3)
+    errors = [m for m in answers if m.type is MsgType.ERROR]
+    assert len(errors) == 1 and errors[0].header["code"] == "protocol" and "52" in errors[0].header["message"]
+    assert answers[-1] is errors[0]           # nothing after the ERROR
+
+
+def test_no_latency_figure_before_the_device_clock_offset_is_known():
+    def script(ch):                            # never answers the desktop's PINGs
+        for i in range(5):
+            ch.send(frame_to_message(make_frame(i)))
+        time.sleep(0.5)
+        ch.send(Message(MsgType.BYE, {"reason": "done"}))
+
+    rogue = RogueDevice(script)
+    with DeviceClient(*rogue.address, PIN, timeout=3) as client:
+        client.connect()
+        q = client.subscribe(FrameQueue())
+        client.start()
+        frames = [q.get(timeout=5) for _ in range(5)]
+        stats = client.stats.as_dict()
+    assert [f.index for f in frames] == list(range(5))
+    assert all(f.latency_s is None and f.received is not None for f in frames)
+    assert stats["clock_offset_s"] is None and stats["latency_p50_ms"] is None and stats["frames"] == 5
+
+
+def test_latency_is_right_for_a_device_clock_of_any_epoch():
+    source = ReplayFrameSource([make_frame(i) for i in range(20)])
+    offset = 1.0e9                             # device clock = monotonic + 31 years
+    server = DeviceServer(source, DeviceInfo("Far clock"), pin=PIN, clock=lambda: time.monotonic() + offset)
+    with server, DeviceClient(server.host, server.port, PIN) as client:
+        client.connect()
+        frames = _collect(client, 30)
+        stats = client.stats.as_dict()
+    assert len(frames) == 30 and all(f.latency_s is not None for f in frames)
+    assert stats["clock_offset_s"] == pytest.approx(offset, abs=0.05)
+    assert 0 <= stats["latency_p50_ms"] < 50
+
+
+def test_a_recorded_take_stores_when_each_frame_was_received(replay_device, tmp_path):
+    from facestudio.capture.recorder import RecordRequest, record_take
+    from facestudio.capture.take import TakeReader
+
+    before = time.time()
+    with DeviceClient(*replay_device.address, PIN) as client:
+        client.connect()
+        result = record_take(client, tmp_path / "take", RecordRequest("alice", "t1", frames=20), fps=60)
+    after = time.time()
+    reader = TakeReader(tmp_path / "take")
+    received = [reader.metadata(i)["received"] for i in range(len(reader))]
+    assert result["status"] == "complete" and len(received) == 20
+    assert all(before <= r <= after for r in received) and received == sorted(received)
 
 
 def test_rogue_device_out_of_order_frames():
@@ -260,6 +320,21 @@ def test_rogue_device_that_never_answers_the_handshake():
     with pytest.raises(DeviceError, match="handshake"):
         DeviceClient(*rogue.address, PIN, timeout=1.0).connect()
     assert time.monotonic() - t0 < 3
+
+
+def test_a_version_1_device_is_refused_with_a_clear_message():
+    def version_1_device(listener):
+        sock, _ = listener.accept()
+        ch = Channel(sock)
+        ch.recv()
+        ch.send_last(Message(MsgType.ERROR, {"code": "version", "message": "device speaks protocol [1]"}))
+        ch.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        threading.Thread(target=version_1_device, args=(listener,), daemon=True).start()
+        with pytest.raises(DeviceError, match="does not speak capture protocol 2.*update"):
+            DeviceClient("127.0.0.1", listener.getsockname()[1], PIN, timeout=3).connect()
 
 
 def test_rogue_device_garbage_handshake():
@@ -311,4 +386,4 @@ def test_discovery_finds_an_advertised_device_on_loopback():
     with VirtualDevice(source, name="Lab iPad", pin=PIN, interfaces=["127.0.0.1"]) as device:
         found = discover(timeout=8, interfaces=["127.0.0.1"], expect=1)
     assert any(d.name == "Lab iPad" and d.port == device.address[1] and d.host == "127.0.0.1"
-               and d.protocol == 1 for d in found), found
+               and d.protocol == PROTOCOL_VERSION for d in found), found

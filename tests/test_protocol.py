@@ -97,6 +97,28 @@ def test_structural_malformations():
         decode_message(struct.pack(">BI", 20, 14) + b'{"blobs":[-1]}')
 
 
+def test_any_json_spelling_is_read_and_blobs_may_be_omitted():
+    spaced = b'{ "t" : 12.5 ,\n "extra": {"ignored": [1, 2]} }'
+    msg = decode_message(struct.pack(">BI", 14, len(spaced)) + spaced)
+    assert (msg.type, msg.header["t"], msg.blobs) == (MsgType.PING, 12.5, [])
+    assert msg.raw == struct.pack(">BI", 14, len(spaced)) + spaced     # kept for transcripts
+    head = b'{"blobs": [], "t": 1}'
+    assert decode_message(struct.pack(">BI", 14, len(head)) + head).blobs == []
+    assert b"blobs" not in encode_message(Message(MsgType.STOP))
+
+
+@pytest.mark.parametrize("header, text", [
+    (b'{"t": 1, "t": 2}', "duplicate key"),
+    (b'{"t": NaN}', "NaN is not JSON"),
+    (b'{"t": Infinity}', "Infinity is not JSON"),
+    (b'{"blobs": [1.0]}', "blobs"),
+    (b'{"blobs": null}', "blobs"),
+])
+def test_headers_outside_the_json_rules_are_rejected(header, text):
+    with pytest.raises(ProtocolError, match=text):
+        decode_message(struct.pack(">BI", 14, len(header)) + header + b"x")
+
+
 def test_messages_of_every_type_round_trip():
     for mtype in MsgType:
         msg = Message(mtype, {"k": 1}, [b"abc", b""])

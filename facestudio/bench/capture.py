@@ -65,7 +65,8 @@ def _measure(port: int, fps: float, encrypted: bool, seconds: float, warmup: flo
             if f is None:
                 return
             if counting.is_set():
-                lat.append(time.time() - f.timestamp)
+                if f.latency_s is not None:
+                    lat.append(f.latency_s)
                 counts["frames"] += 1
             if writer is not None:
                 writer.append(f)

@@ -2,8 +2,9 @@
 
 A record is ``u32 length (big-endian) | payload``. After pairing the payload is
 ChaCha20-Poly1305 ciphertext + tag under a per-direction key; the nonce is the record's
-sequence number (4 zero bytes + u64 big-endian), never sent. A replayed, reordered, dropped
-or altered record therefore fails authentication and closes the connection.
+sequence number in that direction (4 zero bytes + u64 big-endian, from 0), never sent. A
+replayed, reordered, dropped or altered record therefore fails authentication and closes the
+connection.
 
 Reads are bounded twice: the declared length is checked against the limit before a buffer
 is allocated, and the whole record must arrive before a deadline (no slow-loris trickle
@@ -47,6 +48,7 @@ class Channel:
         self._recv_aead: ChaCha20Poly1305 | None = None
         self._send_seq = 0
         self._recv_seq = 0
+        self._ended = False
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -64,26 +66,47 @@ class Channel:
         self.max_record = MAX_RECORD_BYTES
 
     # ------------------------------------------------------------------ sending
-    def send(self, msg: Message) -> None:
-        payload = encode_message(msg)
+    def send(self, msg: Message) -> bytes:
+        """Send one message; returns its bytes as encoded (before encryption), for transcripts."""
         with self._send_lock:
-            if self._send_aead is not None:
-                payload = self._send_aead.encrypt(_nonce(self._send_seq), payload, None)
-                self._send_seq += 1
-            if len(payload) > MAX_RECORD_BYTES:
-                raise ValueError(f"record of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
-            self.sock.sendall(_LEN.pack(len(payload)) + payload)
-            self.bytes_sent += len(payload) + _LEN.size
+            if self._ended:
+                raise PeerClosed("this side already ended the connection")
+            return self._send_locked(msg)
+
+    def _send_locked(self, msg: Message) -> bytes:
+        message = encode_message(msg)
+        record = seal(message, self._send_aead, self._send_seq)
+        if self._send_aead is not None:
+            self._send_seq += 1
+        self.sock.sendall(record)
+        self.bytes_sent += len(record)
+        return message
+
+    def send_last(self, msg: Message) -> None:
+        """Send ``msg`` (an ERROR or BYE) as the last message: later sends fail. Best effort, since
+        the connection may already be gone; a thread still streaming stops at its next send."""
+        with self._send_lock:
+            if self._ended:
+                return
+            try:
+                self._send_locked(msg)
+            except OSError:
+                pass
+            self._ended = True
 
     # ------------------------------------------------------------------ receiving
-    def recv(self, timeout: float | None = None) -> Message:
-        """The next message. ``timeout`` bounds the wait for its first byte (default: record_timeout)."""
+    def recv(self, timeout: float | None = None, deadline: float | None = None) -> Message:
+        """The next message. ``timeout`` bounds the wait for its first byte (default: record_timeout);
+        ``deadline`` (time.monotonic()) is a hard end for the whole record, e.g. the handshake's."""
         first_wait = self.record_timeout if timeout is None else timeout
+        if deadline is not None:
+            first_wait = min(first_wait, deadline - time.monotonic())
         head = self._read_exact(_LEN.size, first_wait, waiting_for_start=True)
         (length,) = _LEN.unpack(head)
         if length > self.max_record:
             raise ProtocolError(f"declared record length {length} exceeds the limit {self.max_record}")
-        payload = self._read_exact(length, self.record_timeout)
+        rest = self.record_timeout if deadline is None else min(self.record_timeout, deadline - time.monotonic())
+        payload = self._read_exact(length, rest)
         self.bytes_received += length + _LEN.size
         if self._recv_aead is not None:
             if length < TAG_BYTES:
@@ -104,7 +127,7 @@ class Channel:
         while got < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RecordTimeout("no data within %.1f s" % deadline_s if got == 0 and waiting_for_start
+                raise RecordTimeout("no data within %.1f s" % max(deadline_s, 0.0) if got == 0 and waiting_for_start
                                     else f"record incomplete after {deadline_s:.1f} s ({got}/{n} bytes)")
             self.sock.settimeout(remaining)
             try:
@@ -125,6 +148,14 @@ class Channel:
         except OSError:
             pass
         self.sock.close()
+
+
+def seal(message: bytes, aead: ChaCha20Poly1305 | None = None, counter: int = 0) -> bytes:
+    """One record: u32 length | payload, the payload encrypted with nonce(counter) when ``aead``."""
+    payload = message if aead is None else aead.encrypt(_nonce(counter), message, None)
+    if len(payload) > MAX_RECORD_BYTES:
+        raise ValueError(f"record of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
+    return _LEN.pack(len(payload)) + payload
 
 
 def _nonce(seq: int) -> bytes:

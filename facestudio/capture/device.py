@@ -4,6 +4,7 @@
 a :class:`FrameSource` at the requested rate. One desktop streams at a time; others are
 told the device is busy. A frame that cannot be sent in time is skipped at the source
 (its index is never sent), exactly as ARKit drops frames, so the desktop can report it.
+Every refusal is one ERROR, the last message on the connection (docs/protocol.md section 3.2).
 """
 
 from __future__ import annotations
@@ -15,18 +16,34 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from facestudio import __version__
 from facestudio.capture.channel import Channel, PeerClosed, RecordTimeout
 from facestudio.capture.frame import Frame
-from facestudio.capture.pairing import PairingError, PinGuard, spake2_finish, spake2_start, transcript_hash
-from facestudio.capture.protocol import (MAX_FPS, MAX_IMAGE_SIDE, SUPPORTED_VERSIONS,
-                                         Message, MsgType, ProtocolError, encode_message,
-                                         frame_to_message, truth_to_message)
+from facestudio.capture.pairing import PAIRING_METHOD, Pairing, PairingLocked, PinGuard
+from facestudio.capture.protocol import (MAX_FPS, MAX_IMAGE_SIDE, SUPPORTED_VERSIONS, Message, MsgType,
+                                         ProtocolError, error_message, frame_to_message, truth_to_message)
+from facestudio.capture.spake2 import InvalidElement
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 15.0       # a paired desktop that sends nothing (not even PING) for this long is dropped
+HANDSHAKE_TIMEOUT_S = 30.0  # from accepting the connection to sending our CONFIRM
+
+
+class Refusal(Exception):
+    """End the connection with one ERROR ``code`` (docs/protocol.md 3.2), then close."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.code, self.retry_after = code, retry_after
+
+    def to_message(self) -> Message:
+        return error_message(self.code, str(self), self.retry_after)
+
+
+class PeerError(Exception):
+    """The desktop sent ERROR: close without answering."""
 
 
 @dataclass(frozen=True)
@@ -77,16 +94,23 @@ class FrameSource(Protocol):
 
 
 class DeviceServer:
-    """Serve the capture protocol on ``host:port`` (port 0 picks a free one)."""
+    """Serve the capture protocol on ``host:port`` (port 0 picks a free one).
+
+    ``clock`` stamps FRAME timestamps and PONG replies (one clock for both, any epoch: a real
+    device uses ARKit's uptime clock). Timeouts are parameters so tests can shorten them.
+    """
 
     def __init__(self, source: FrameSource, info: DeviceInfo, pin: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, record_timeout: float = 10.0,
-                 allow_insecure: bool = False):
+                 allow_insecure: bool = False, clock: Callable[[], float] = time.monotonic,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT_S, idle_timeout: float = IDLE_TIMEOUT_S):
         self.source = source
         self.info = info
         self.guard = PinGuard(pin)
         self.record_timeout = record_timeout
         self.allow_insecure = allow_insecure
+        self.clock = clock
+        self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
         self._listener = socket.create_server((host, port), reuse_port=False)
         self._listener.settimeout(0.2)
         self.host, self.port = self._listener.getsockname()[:2]
@@ -140,64 +164,81 @@ class DeviceServer:
         with self._conn_lock:
             self._connections.add(ch)
         try:
-            self._handshake(ch)
+            try:
+                self._handshake(ch, time.monotonic() + self.handshake_timeout)
+            except RecordTimeout as exc:
+                raise Refusal("timeout", f"pairing did not complete in time ({exc}); the limits are "
+                                         f"{self.record_timeout:g} s per message and "
+                                         f"{self.handshake_timeout:g} s in all") from None
             if not self._busy.acquire(blocking=False):
-                ch.send(Message(MsgType.ERROR, {"code": "busy", "message":
-                                                f"{self.info.name} is streaming to another desktop"}))
-                return
+                raise Refusal("busy", f"{self.info.name} is in use by another desktop")
             try:
                 self._session(ch)
             finally:
                 self._busy.release()
-        except (ProtocolError, PairingError) as exc:
+        except Refusal as exc:
+            log.warning("refusing %s: %s (%s)", addr[0], exc.code, exc)
+            ch.send_last(exc.to_message())
+        except ProtocolError as exc:
             log.warning("closing connection from %s: %s", addr[0], exc)
-            _try_send(ch, Message(MsgType.ERROR, {"code": "protocol", "message": str(exc)}))
-        except (PeerClosed, RecordTimeout, OSError) as exc:
+            ch.send_last(error_message("protocol", str(exc)))
+        except RecordTimeout as exc:
+            log.info("desktop %s went silent: %s", addr[0], exc)
+            ch.send_last(error_message("timeout", f"nothing from the desktop in time: {exc}"))
+        except (PeerError, PeerClosed, OSError) as exc:
             log.info("connection from %s ended: %s", addr[0], exc)
         finally:
             with self._conn_lock:
                 self._connections.discard(ch)
             ch.close()
 
-    def _handshake(self, ch: Channel) -> None:
-        hello = ch.recv()
-        if hello.type is not MsgType.HELLO:
-            raise ProtocolError(f"expected HELLO, got {hello.type.name}")
+    @staticmethod
+    def _expect(ch: Channel, mtype: MsgType, deadline: float) -> Message:
+        msg = ch.recv(deadline=deadline)
+        if msg.type is MsgType.ERROR:
+            raise PeerError(f"desktop sent ERROR {msg.header.get('code')}: {msg.header.get('message')}")
+        if msg.type is not mtype:
+            raise ProtocolError(f"expected {mtype.name}, got {msg.type.name}")
+        return msg
+
+    def _handshake(self, ch: Channel, deadline: float) -> None:
+        hello = self._expect(ch, MsgType.HELLO, deadline)
         versions = hello.header.get("versions")
-        common = [v for v in SUPPORTED_VERSIONS if isinstance(versions, list) and v in versions]
+        if not isinstance(versions, list):
+            raise ProtocolError("HELLO: 'versions' must be a list of integers")
+        common = [v for v in SUPPORTED_VERSIONS if any(type(x) is int and x == v for x in versions)]
         if not common:
-            ch.send(Message(MsgType.ERROR, {"code": "version", "message":
-                                            f"device speaks protocol {list(SUPPORTED_VERSIONS)}, "
-                                            f"desktop offered {versions!r}"}))
-            raise ProtocolError(f"no common protocol version in {versions!r}")
+            raise Refusal("version", f"this device speaks capture protocol {list(SUPPORTED_VERSIONS)}, "
+                                     f"the desktop offered {versions!r}: update the older of the two")
         insecure = hello.header.get("insecure") is True and self.allow_insecure
         reply = Message(MsgType.HELLO_REPLY, {"version": max(common), "device": self.info.to_dict(),
-                                              "pairing": "none" if insecure else "spake2-pin6"})
-        ch.send(reply)
+                                              "pairing": "none" if insecure else PAIRING_METHOD})
+        reply_bytes = ch.send(reply)
         if insecure:
             ch.allow_large_plain_records()
             return
-        wait = self.guard.retry_after()
-        pair = ch.recv()
-        if pair.type is not MsgType.PAIR or len(pair.blobs) != 1:
-            raise ProtocolError(f"expected PAIR, got {pair.type.name}")
-        if wait > 0:
-            ch.send(Message(MsgType.ERROR, {"code": "rate_limited", "retry_after": round(wait, 1),
-                                            "message": f"too many wrong PINs; try again in {wait:.0f} s"}))
-            raise PairingError("pairing attempt while rate limited")
-        state, my_msg = spake2_start(self.guard.pin, "device")
-        ch.send(Message(MsgType.PAIR, {}, [my_msg]))
-        transcript = transcript_hash(encode_message(hello), encode_message(reply), pair.blobs[0], my_msg)
-        keys = spake2_finish(state, pair.blobs[0], transcript)
-        confirm = ch.recv()
-        if confirm.type is not MsgType.CONFIRM or len(confirm.blobs) != 1:
-            raise ProtocolError(f"expected CONFIRM, got {confirm.type.name}")
-        if not hmac.compare_digest(confirm.blobs[0], keys.client_confirm):
-            self.guard.failed()
-            ch.send(Message(MsgType.ERROR, {"code": "wrong_pin", "message": "wrong PIN",
-                                            "retry_after": round(self.guard.retry_after(), 1)}))
-            raise PairingError("desktop sent a wrong PIN")
-        self.guard.succeeded()
+        pair = self._expect(ch, MsgType.PAIR, deadline)
+        if len(pair.blobs) != 1:
+            raise ProtocolError(f"PAIR must carry exactly one blob, not {len(pair.blobs)}")
+        try:
+            self.guard.begin()
+        except PairingLocked as exc:
+            raise Refusal("rate_limited", str(exc), retry_after=exc.retry_after) from None
+        paired: bool | None = None       # None: the desktop left before guessing
+        try:
+            pairing = Pairing(self.guard.pin, "device")
+            try:
+                keys = pairing.finish(pair.blobs[0], hello.raw, reply_bytes)
+            except InvalidElement as exc:
+                paired = False           # counts as a guess: K = identity means one was right
+                raise ProtocolError(f"PAIR: {exc}") from None
+            ch.send(Message(MsgType.PAIR, {}, [pairing.message]))
+            confirm = self._expect(ch, MsgType.CONFIRM, deadline)
+            paired = len(confirm.blobs) == 1 and hmac.compare_digest(confirm.blobs[0], keys.client_confirm)
+        finally:
+            lock = self.guard.end(paired)
+        if not paired:
+            raise Refusal("wrong_pin", "wrong PIN", retry_after=lock)
         ch.send(Message(MsgType.CONFIRM, {}, [keys.device_confirm]))
         ch.enable_encryption(send_key=keys.device_to_client, recv_key=keys.client_to_device)
 
@@ -205,7 +246,7 @@ class DeviceServer:
         streamer: _Streamer | None = None
         try:
             while not self._stop.is_set():
-                msg = ch.recv(timeout=IDLE_TIMEOUT_S)
+                msg = ch.recv(timeout=self.idle_timeout)
                 if msg.type is MsgType.START:
                     if streamer is not None:
                         raise ProtocolError("START while already streaming")
@@ -226,11 +267,16 @@ class DeviceServer:
                                                       "skipped": streamer.skipped}))
                     streamer = None
                 elif msg.type is MsgType.PING:
-                    ch.send(Message(MsgType.PONG, {"t": msg.header.get("t"), "t_reply": time.time()}))
+                    t = msg.header.get("t")
+                    if isinstance(t, bool) or not isinstance(t, (int, float)):
+                        raise ProtocolError("PING: 't' must be a number")
+                    ch.send(Message(MsgType.PONG, {"t": t, "t_reply": self.clock()}))
                 elif msg.type is MsgType.PONG:
                     pass
                 elif msg.type is MsgType.BYE:
                     return
+                elif msg.type is MsgType.ERROR:
+                    raise PeerError(f"desktop sent ERROR {msg.header.get('code')}: {msg.header.get('message')}")
                 else:
                     raise ProtocolError(f"unexpected {msg.type.name} from the desktop")
         finally:
@@ -268,7 +314,7 @@ class _Streamer(threading.Thread):
                 if late:                         # behind by whole frames: skip them, like ARKit
                     self.skipped += late
                     index += late
-                captured = time.time()
+                captured = self.server.clock()
                 frame = self.server.source.frame(index, index * period,
                                                  with_depth=index % self.settings.depth_every == 0)
                 frame.timestamp = captured
@@ -278,10 +324,3 @@ class _Streamer(threading.Thread):
                 index += 1
         except OSError as exc:
             log.info("stream ended: %s", exc)
-
-
-def _try_send(ch: Channel, msg: Message) -> None:
-    try:
-        ch.send(msg)
-    except OSError:
-        pass

@@ -117,6 +117,10 @@ class Frame:
     face_mesh: np.ndarray | None = None
     ground_truth: dict[str, Any] | None = field(default=None)
     depth_confidence: np.ndarray | None = None   # (H, W) uint8 ARKit levels, depth's size
+    # Set by the desktop's receiver, never sent: when the frame arrived (Unix seconds, frames.jsonl's
+    # "received") and capture-to-receipt latency (None while the device clock's offset is unknown).
+    received: float | None = None
+    latency_s: float | None = None
 
     def color(self) -> np.ndarray:
         """Decode the color JPEG to an (H, W, 3) uint8 BGR array (OpenCV order)."""

@@ -1,4 +1,4 @@
-"""FaceStudio capture protocol v1: message layout, limits and frame (de)serialisation.
+"""FaceStudio capture protocol v2: message layout, limits and frame (de)serialisation.
 
 docs/protocol.md is the normative specification; this module is its reference
 implementation. Everything that arrives from the network passes through
@@ -9,8 +9,12 @@ Message layout (inside a record, after decryption once paired)::
 
     u8  type
     u32 header_length          (big-endian, <= MAX_HEADER_BYTES)
-    header                     (UTF-8 JSON object; "blobs": [len, ...] lists the blob lengths)
+    header                     (UTF-8 JSON object; "blobs": [len, ...] lists the blob lengths,
+                                absent = no blobs)
     blob 0, blob 1, ...        (raw bytes, lengths as listed, exactly filling the message)
+
+A header is read as whatever valid JSON the peer wrote (any spacing or key order) and never
+re-encoded: the pairing transcript hashes the exact bytes (:attr:`Message.raw`).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import numpy as np
 from facestudio.capture.frame import DEPTH_CODECS, DEPTH_DTYPES, EncodedDepth, Frame, Intrinsics
 from facestudio.faces.arkit import NUM_BLENDSHAPES
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# v1 paired with python-spake2's own SPAKE2 variant and hashed re-encoded JSON: no other
+# implementation could pair, so no desktop speaks it (docs/protocol.md section 10).
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (2,)
 SERVICE_TYPE = "_facestudio._tcp.local."
 
 # Hard limits, checked before any allocation.
@@ -52,12 +58,12 @@ class ProtocolError(Exception):
 
 
 class MsgType(enum.IntEnum):
-    HELLO = 1            # client -> device (plain): {"versions": [1], "client": str}
-    HELLO_REPLY = 2      # device -> client (plain): {"version": 1, "device": {...}}
-    PAIR = 3             # both (plain): blob 0 = SPAKE2 message
-    CONFIRM = 4          # both (plain): blob 0 = HMAC key confirmation
-    ERROR = 5            # both, plain or encrypted: {"code": str, "message": str, ...}
-    START = 10           # client -> device: {"fps", "color_width", "color_height", "ground_truth"}
+    HELLO = 1            # client -> device (plain): {"versions": [2], "client": str}
+    HELLO_REPLY = 2      # device -> client (plain): {"version": 2, "device": {...}, "pairing": str}
+    PAIR = 3             # both (plain): blob 0 = SPAKE2 share (65-byte P-256 point)
+    CONFIRM = 4          # both (plain): blob 0 = HMAC key confirmation (32 bytes)
+    ERROR = 5            # both, plain or encrypted: {"code": str, "message": str, ...}; then close
+    START = 10           # client -> device: {"fps", "color_width", "color_height", "depth_every", ...}
     STARTED = 11         # device -> client: the settings actually used
     STOP = 12            # client -> device
     STOPPED = 13         # device -> client: {"frames_sent": int, "skipped": int}
@@ -73,15 +79,31 @@ class Message:
     type: MsgType
     header: dict[str, Any] = field(default_factory=dict)
     blobs: list[bytes] = field(default_factory=list)
+    raw: bytes = field(default=b"", repr=False, compare=False)   # the bytes it was decoded from
+
+
+def error_message(code: str, message: str, retry_after: float | None = None) -> Message:
+    """An ERROR (docs/protocol.md 3.2): always the last message its sender sends on a connection."""
+    header: dict[str, Any] = {"code": code, "message": message[:1000]}
+    if retry_after is not None:
+        header["retry_after"] = retry_after
+    return Message(MsgType.ERROR, header)
+
+
+def pack_message(mtype: int, header_json: bytes, blobs: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
+    """type | header length | header | blobs, with ``header_json`` exactly as given."""
+    if len(header_json) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(header_json)} bytes exceeds {MAX_HEADER_BYTES}")
+    return b"".join([_HEAD.pack(mtype, len(header_json)), header_json, *blobs])
 
 
 def encode_message(msg: Message) -> bytes:
+    """Compact JSON; "blobs" only when there are blobs."""
     header = dict(msg.header)
-    header["blobs"] = [len(b) for b in msg.blobs]
+    if msg.blobs:
+        header["blobs"] = [len(b) for b in msg.blobs]
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    if len(head) > MAX_HEADER_BYTES:
-        raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
-    return b"".join([_HEAD.pack(int(msg.type), len(head)), head, *msg.blobs])
+    return pack_message(int(msg.type), head, msg.blobs)
 
 
 def decode_message(data: bytes | memoryview) -> Message:
@@ -97,7 +119,8 @@ def decode_message(data: bytes | memoryview) -> Message:
     if head_len > MAX_HEADER_BYTES or _HEAD.size + head_len > len(view):
         raise ProtocolError(f"header length {head_len} is out of bounds for a {len(view)}-byte message")
     try:
-        header = json.loads(bytes(view[_HEAD.size:_HEAD.size + head_len]).decode("utf-8"))
+        header = json.loads(bytes(view[_HEAD.size:_HEAD.size + head_len]).decode("utf-8"),
+                            object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"{mtype.name} header is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -114,7 +137,19 @@ def decode_message(data: bytes | memoryview) -> Message:
     for n in lengths:
         blobs.append(bytes(view[pos:pos + n]))
         pos += n
-    return Message(mtype, header, blobs)
+    return Message(mtype, header, blobs, raw=data if isinstance(data, bytes) else bytes(view))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """RFC 8259 leaves duplicate keys' meaning open: the protocol forbids them."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError(f"duplicate key in {[k for k, _ in pairs]}")
+    return out
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 # ---------------------------------------------------------------------------------- fields

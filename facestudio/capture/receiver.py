@@ -23,10 +23,12 @@ import numpy as np
 
 from facestudio import __version__
 from facestudio.capture.channel import Channel, PeerClosed, RecordTimeout
+from facestudio.capture.clock import ClockOffset
 from facestudio.capture.frame import Frame
-from facestudio.capture.pairing import PairingError, spake2_finish, spake2_start, transcript_hash
+from facestudio.capture.pairing import PAIRING_METHOD, Pairing, PairingError, PairingLocked
 from facestudio.capture.protocol import (SUPPORTED_VERSIONS, Message, MsgType, ProtocolError,
-                                         encode_message, message_to_frame, message_to_truth)
+                                         error_message, message_to_frame, message_to_truth)
+from facestudio.capture.spake2 import InvalidElement
 
 log = logging.getLogger(__name__)
 PING_INTERVAL_S = 2.0
@@ -46,12 +48,13 @@ class LinkStats:
     bytes: int = 0
     fps: float = 0.0
     bandwidth_mbps: float = 0.0
-    clock_offset_s: float = 0.0
+    clock_offset_s: float | None = None      # device clock - desktop clock; None before the first PONG
     _arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=120), repr=False)
     _latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=600), repr=False)
 
     def as_dict(self) -> dict[str, float | None]:
-        """Counters plus latency percentiles over the last 600 frames (None before any frame)."""
+        """Counters plus latency percentiles over the last 600 frames that have a latency
+        (None before any: a frame has one once the device clock's offset is known)."""
         out: dict[str, float | None] = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
         lat = np.asarray(self._latencies) * 1000
         p50, p95 = (round(float(x), 3) for x in np.percentile(lat, [50, 95])) if lat.size else (None, None)
@@ -122,11 +125,12 @@ class DeviceClient:
         self._stopped.set()
         self._control: queue.Queue[Message | None] = queue.Queue()
         self._last_index = -1
-        self._best_rtt = float("inf")
+        self.clock = ClockOffset()
 
     # ------------------------------------------------------------------ set-up
     def connect(self) -> dict[str, Any]:
         """Open TCP, negotiate the version and pair. Returns the device's description."""
+        pairing = Pairing(self.pin, "client") if self.pin is not None else None   # checks the PIN first
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
@@ -134,34 +138,49 @@ class DeviceClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._ch = ch = Channel(sock, self.timeout)
         try:
-            hello = Message(MsgType.HELLO, {"versions": list(SUPPORTED_VERSIONS),
-                                            "client": f"FaceStudio {__version__}",
-                                            **({"insecure": True} if self.insecure else {})})
-            ch.send(hello)
+            hello = ch.send(Message(MsgType.HELLO, {"versions": list(SUPPORTED_VERSIONS),
+                                                    "client": f"FaceStudio {__version__}",
+                                                    **({"insecure": True} if self.insecure else {})}))
             reply = self._expect(MsgType.HELLO_REPLY)
+            version = reply.header.get("version")
+            if type(version) is not int or version not in SUPPORTED_VERSIONS:
+                raise ProtocolError(f"HELLO_REPLY: version {version!r} was not offered")
             self.device = reply.header.get("device") if isinstance(reply.header.get("device"), dict) else {}
-            if reply.header.get("pairing") == "none":
+            method = reply.header.get("pairing")
+            if method == "none":
                 if not self.insecure:
-                    raise DeviceError("device offered an unencrypted link; refusing")
+                    raise ProtocolError("the device offered an unencrypted link (only benchmarks ask for one)")
                 ch.allow_large_plain_records()
                 self._start_session_threads()
                 return self.device
-            if self.pin is None:
+            if method != PAIRING_METHOD:
+                raise ProtocolError(f"HELLO_REPLY: pairing {method!r}, expected {PAIRING_METHOD!r}")
+            if pairing is None:
                 raise DeviceError("this device needs the 6-digit PIN it shows on screen")
-            state, my_msg = spake2_start(self.pin, "client")
-            ch.send(Message(MsgType.PAIR, {}, [my_msg]))
+            ch.send(Message(MsgType.PAIR, {}, [pairing.message]))
             pair = self._expect(MsgType.PAIR)
             if len(pair.blobs) != 1:
                 raise ProtocolError("PAIR must carry one blob")
-            transcript = transcript_hash(encode_message(hello), encode_message(reply), my_msg, pair.blobs[0])
-            keys = spake2_finish(state, pair.blobs[0], transcript)
+            try:
+                keys = pairing.finish(pair.blobs[0], hello, reply.raw)
+            except InvalidElement as exc:
+                raise ProtocolError(f"PAIR from the device: {exc}") from None
             ch.send(Message(MsgType.CONFIRM, {}, [keys.client_confirm]))
             confirm = self._expect(MsgType.CONFIRM)
             if len(confirm.blobs) != 1 or not hmac.compare_digest(confirm.blobs[0], keys.device_confirm):
+                ch.send_last(error_message("protocol", "key confirmation failed"))
                 raise PairingError("the device failed key confirmation (not the device you paired with?)")
             ch.enable_encryption(send_key=keys.client_to_device, recv_key=keys.device_to_client)
             self._start_session_threads()
-        except (ProtocolError, PeerClosed, RecordTimeout, OSError) as exc:
+        except ProtocolError as exc:
+            ch.send_last(error_message("protocol", str(exc)))
+            ch.close()
+            raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
+        except RecordTimeout as exc:
+            ch.send_last(error_message("timeout", f"no answer from the device in time: {exc}"))
+            ch.close()
+            raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
+        except (PeerClosed, OSError) as exc:
             ch.close()
             raise DeviceError(f"handshake with {self.host}:{self.port} failed: {exc}") from None
         except (PairingError, DeviceError):
@@ -170,6 +189,7 @@ class DeviceClient:
         return self.device
 
     def _expect(self, mtype: MsgType) -> Message:
+        """The next handshake message, which must be ``mtype``; an ERROR becomes the user's message."""
         assert self._ch is not None
         msg = self._ch.recv()
         if msg.type is MsgType.ERROR:
@@ -177,7 +197,12 @@ class DeviceClient:
             if code == "wrong_pin":
                 raise PairingError("wrong PIN: check the 6 digits shown on the device")
             if code == "rate_limited":
-                raise PairingError(f"the device is refusing PINs for now: {text}")
+                wait = msg.header.get("retry_after")
+                raise PairingLocked(f"the device is refusing PINs for now: {text}",
+                                    float(wait) if isinstance(wait, (int, float)) else 0.0)
+            if code == "version":
+                raise DeviceError(f"the device does not speak capture protocol {SUPPORTED_VERSIONS[-1]} "
+                                  f"(update the device app or FaceStudio): {text}")
             raise DeviceError(f"device error ({code}): {text}")
         if msg.type is not mtype:
             raise ProtocolError(f"expected {mtype.name}, got {msg.type.name}")
@@ -202,18 +227,28 @@ class DeviceClient:
             raise DeviceError("already streaming")
         self._drain_control()
         self._last_index = -1
-        self._ch.send(Message(MsgType.START, {"fps": fps, "color_width": color_width,
-                                              "color_height": color_height, "depth_every": depth_every,
-                                              "ground_truth": ground_truth}))
+        try:
+            self._ch.send(Message(MsgType.START, {"fps": fps, "color_width": color_width,
+                                                  "color_height": color_height, "depth_every": depth_every,
+                                                  "ground_truth": ground_truth}))
+        except OSError:
+            pass        # the device hung up (after ERROR busy, say): the reader knows why, see below
         self.settings = self._await_control(MsgType.STARTED).header
         return self.settings
 
     def _await_control(self, mtype: MsgType) -> Message:
-        """The reader thread hands STARTED/STOPPED/ERROR replies over through the control mailbox."""
-        try:
-            msg = self._control.get(timeout=self.timeout)
-        except queue.Empty:
-            raise DeviceError(f"device did not answer with {mtype.name} within {self.timeout:g} s") from None
+        """The reader thread hands STARTED/STOPPED/ERROR replies over through the control mailbox;
+        a connection that ended meanwhile is reported with the reader's reason, without waiting."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                msg = self._control.get(timeout=0.05)
+                break
+            except queue.Empty:
+                if self._closed.is_set():
+                    raise DeviceError(self.error or "device closed the connection") from None
+                if time.monotonic() > deadline:
+                    raise DeviceError(f"device did not answer with {mtype.name} within {self.timeout:g} s") from None
         if msg is None or msg.type is MsgType.ERROR:
             raise DeviceError(self.error or "device closed the connection")
         if msg.type is not mtype:
@@ -229,7 +264,11 @@ class DeviceClient:
 
     # ------------------------------------------------------------------ session
     def _start_session_threads(self) -> None:
-        """After pairing: one reader for everything the device sends, one pinger (keepalive + clock)."""
+        """After pairing: the first PING (sent here, so it precedes any START on the wire and the
+        clock offset is known before frames flow), one reader for everything the device sends and
+        one pinger (keepalive and clock, every 2 s)."""
+        assert self._ch is not None
+        self._send_ping(self._ch)
         self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"recv-{self.port}")
         self._pinger = threading.Thread(target=self._ping_loop, daemon=True, name=f"ping-{self.port}")
         self._reader.start()
@@ -250,7 +289,7 @@ class DeviceClient:
                 elif msg.type is MsgType.PONG:
                     self._on_pong(msg.header)
                 elif msg.type is MsgType.PING:
-                    ch.send(Message(MsgType.PONG, {"t": msg.header.get("t"), "t_reply": time.time()}))
+                    ch.send(Message(MsgType.PONG, {"t": msg.header.get("t"), "t_reply": time.monotonic()}))
                 elif msg.type is MsgType.STARTED:
                     self._stopped.clear()
                     self._control.put(msg)
@@ -269,8 +308,10 @@ class DeviceClient:
                     raise ProtocolError(f"unexpected {msg.type.name} from the device")
         except ProtocolError as exc:
             self.error = f"protocol violation by the device, connection closed: {exc}"
+            ch.send_last(error_message("protocol", str(exc)))
         except RecordTimeout as exc:
             self.error = f"device stopped responding ({exc})"
+            ch.send_last(error_message("timeout", f"nothing from the device in time: {exc}"))
         except (PeerClosed, OSError) as exc:
             if not self._closed.is_set():
                 self.error = f"device disconnected: {exc}"
@@ -292,15 +333,18 @@ class DeviceClient:
     def _on_frame(self, frame: Frame, total_bytes: int) -> None:
         if frame.index <= self._last_index:
             raise ProtocolError(f"frame index {frame.index} after {self._last_index} (out of order)")
-        now = time.time()
+        now, frame.received = time.monotonic(), time.time()
+        captured = self.clock.to_desktop(frame.timestamp)
+        frame.latency_s = None if captured is None else now - captured
         s = self.stats
         if self._last_index >= 0:
             s.device_skipped += frame.index - self._last_index - 1
         self._last_index = frame.index
         s.frames += 1
         s.bytes = total_bytes
-        s._arrivals.append((time.monotonic(), total_bytes))
-        s._latencies.append(now - (frame.timestamp - s.clock_offset_s))
+        s._arrivals.append((now, total_bytes))
+        if frame.latency_s is not None:
+            s._latencies.append(frame.latency_s)
         if len(s._arrivals) >= 2:
             (t0, b0), (t1, b1) = s._arrivals[0], s._arrivals[-1]
             if t1 > t0:
@@ -314,19 +358,21 @@ class DeviceClient:
                 s.preview_skipped = sink.skipped
 
     def _on_pong(self, h: dict[str, Any]) -> None:
-        """NTP-style offset (device clock - desktop clock) from the fastest recent round trip."""
-        t0, t_dev, t1 = h.get("t"), h.get("t_reply"), time.time()
-        if isinstance(t0, (int, float)) and isinstance(t_dev, (int, float)):
-            rtt = t1 - t0
-            if 0 <= rtt < self._best_rtt:
-                self._best_rtt = rtt
-                self.stats.clock_offset_s = t_dev - (t0 + rtt / 2)
+        """One clock sample: our PING's ``t`` (desktop monotonic clock) and the device's ``t_reply``."""
+        t0, t_dev, t1 = h.get("t"), h.get("t_reply"), time.monotonic()
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (t0, t_dev)):
+            self.clock.add(float(t0), float(t_dev), t1)
+            self.stats.clock_offset_s = self.clock.offset
+
+    @staticmethod
+    def _send_ping(ch: Channel) -> None:
+        ch.send(Message(MsgType.PING, {"t": time.monotonic()}))
 
     def _ping_loop(self) -> None:
-        while not self._closed.wait(PING_INTERVAL_S):
+        ch = self._ch
+        while ch is not None and not self._closed.wait(PING_INTERVAL_S):
             try:
-                if self._ch is not None:
-                    self._ch.send(Message(MsgType.PING, {"t": time.time()}))
+                self._send_ping(ch)
             except OSError:
                 return
 
@@ -353,10 +399,7 @@ class DeviceClient:
             return
         if not self._closed.is_set():
             self._closed.set()
-            try:
-                self._ch.send(Message(MsgType.BYE, {"reason": "desktop closed the connection"}))
-            except OSError:
-                pass
+            self._ch.send_last(Message(MsgType.BYE, {"reason": "desktop closed the connection"}))
         self._ch.close()
         for t in (self._reader, self._pinger):
             if t is not None and t is not threading.current_thread():

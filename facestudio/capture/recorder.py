@@ -81,7 +81,7 @@ def record_take(client: DeviceClient, take_path: Path, request: RecordRequest,
             """Write a frame unless the requested frame count is already reached."""
             if request.frames is not None and len(kept) >= request.frames:
                 return False
-            writer.append(frame)
+            writer.append(frame, received=frame.received)
             kept.append(frame.index)
             return True
 

@@ -102,19 +102,22 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
         autodecoder_run = recorded
     elif autodecoder_run is None:
         raise ValueError("no autodecoder run to train on (train one with `facestudio train autodecoder`)")
+    config = config or tiny()
+    # The latent pass is part of training: it runs on the configured threads too. Its float sums
+    # depend on the thread count, so processes that computed it on different counts would train
+    # on (slightly) different latents; and torchrun's processes must not each take every core.
+    threads = set_threads(config.train.num_threads)
     trained = load_trained(Path(autodecoder_run), str(dev))
     data = load_latent_set(trained)
     c, r = data.latents.shape[1], data.latents.shape[-1]
     if not resume:
         residuals = data.latents - data.identity_latents(torch.arange(len(data.names)))
-        config = (config or tiny()).for_latents(c, r, float(residuals.std()))
+        config = config.for_latents(c, r, float(residuals.std()))
         run = Run.create(run_dir, config)
         run.write_json(SEGMENTS_FILE, {"names": data.names, "autodecoder": str(Path(autodecoder_run).resolve())})
-    assert config is not None
     if (config.denoiser.unet.in_channels, config.denoiser.unet.resolution) != (c, r):
         raise ValueError(f"the config expects {config.denoiser.unet.in_channels}x{config.denoiser.unet.resolution}^3 "
                          f"latents, the autodecoder makes {c}x{r}^3")
-    threads = set_threads(config.train.num_threads)
     tc = config.train
     torch.manual_seed(tc.seed)
     model = ConditionalDenoiser(config.denoiser).to(dev)
