@@ -13,7 +13,7 @@ import torch
 
 from facestudio.models.autodecoder import Autodecoder
 from facestudio.models.config import (AutodecoderConfig, ModelConfig, RenderConfig, TrainConfig, config_from_toml,
-                                      load_config, paper, save_config, tiny)
+                                      load_config, paper, paper_radiance, save_config, tiny, tiny_radiance)
 from facestudio.models.geometry import DensityGeometry, SdfGeometry, eikonal_loss, sphere_prior
 from facestudio.models.mesh import grid_to_mesh
 from facestudio.models.render import Box, make_rays, render_rays
@@ -139,23 +139,26 @@ def test_a_distance_grid_starts_as_a_sphere_in_front_of_the_cameras():
     assert np.linalg.norm(verts, axis=1).mean() == pytest.approx(0.35, abs=0.05)   # 0.7 half-box sizes
 
 
-def test_g1_g2_shapes_tiny():
-    cfg = tiny().model
+@pytest.mark.parametrize("preset, channels, out", [(tiny, 16, (3, 32)), (tiny_radiance, 64, (4, 32))])
+def test_g1_g2_shapes_tiny(preset, channels, out):
+    cfg = preset().model
     model = Autodecoder(cfg, 2)
     latent = model.g1(model.embeddings.weight)
-    assert latent.shape == (2, cfg.latent_channels, 8, 8, 8) and cfg.latent_channels in range(32, 65)
-    assert model.g2(latent).shape == (2, 4, 32, 32, 32)
+    assert latent.shape == (2, channels, 8, 8, 8) == (2, cfg.latent_channels, 8, 8, 8)
+    c, r = out
+    assert model.g2(latent).shape == (2, c, r, r, r)
 
 
-def test_g1_g2_shapes_paper_on_the_meta_device():
-    cfg = paper().model
+@pytest.mark.parametrize("preset, channels", [(paper, 3), (paper_radiance, 4)])
+def test_g1_g2_shapes_paper_on_the_meta_device(preset, channels):
+    cfg = preset().model
     with torch.device("meta"):
         model = Autodecoder(cfg, 2)
         latent = model.g1(model.embeddings.weight)
         grid = model.g2(latent)
     assert cfg.embedding_dim == 1024 and model.g1.fc.in_features == 1024
     assert latent.shape == (2, 256, 8, 8, 8)
-    assert grid.shape == (2, 4, 64, 64, 64)
+    assert grid.shape == (2, channels, 64, 64, 64)
 
 
 # ---------------------------------------------------------------------- config

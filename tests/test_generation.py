@@ -162,13 +162,12 @@ def test_init_from_starts_at_the_source_weights(autodecoder_run, diffusion_run, 
 def test_cfg_weight_one_equals_the_conditional_model(generator):
     from facestudio.models.edm import heun_sample
 
-    identity = generator.person_latent("synth000")
+    identity = generator.person_identity("synth000")
     bs = np.zeros(52, np.float32)
     bs[17] = 0.7
     ours = generator.sample(identity, bs, seed=3, steps=3, guidance=1.0)
-    model = generator.model
-    cond = model.encode(torch.from_numpy(bs)[None], identity[None])
-    direct = heun_sample(lambda x, s: model.model(x, s, *cond), generator.noise(3), 3)[0]
+    model, b = generator.model, torch.from_numpy(bs)[None]
+    direct = heun_sample(lambda x, s: model(x, s, b, identity[None]), generator.noise(3), 3)[0]
     assert torch.equal(ours, direct)
     guided = generator.sample(identity, bs, seed=3, steps=3, guidance=3.0)
     assert not torch.equal(ours, guided)
@@ -179,25 +178,24 @@ def test_guidance_contrasts_with_the_identity_only_model_unless_configured(gener
     D = D(e, i) + (w - 1) (D(e, i) - D(-, i)); true: against the unconditional model D(-, -)."""
     from facestudio.models.edm import cfg_combine, heun_sample
 
-    identity = generator.person_latent("synth000")
+    identity = generator.person_identity("synth000")
     bs = np.zeros(52, np.float32)
     bs[17] = 0.7
-    model, b = generator.model, torch.from_numpy(bs)[None]
-    cond = model.encode(b, identity[None])
+    model, b, i = generator.model, torch.from_numpy(bs)[None], identity[None]
     dropped = torch.ones(1, dtype=torch.bool)
     results = []
     for guide_identity, drop_identity in ((False, ~dropped), (True, dropped)):
         monkeypatch.setattr(generator.config.sampling, "guide_identity", guide_identity)
-        uncond = model.encode(b, identity[None], dropped, drop_identity)
-        expected = heun_sample(lambda x, s: cfg_combine(model.model(x, s, *cond), model.model(x, s, *uncond), 2.0),
-                               generator.noise(3), 3)[0]
+        expected = heun_sample(lambda x, s: cfg_combine(model(x, s, b, i), model(x, s, b, i, dropped, drop_identity),
+                                                        2.0), generator.noise(3), 3)[0]
         results.append(generator.sample(identity, bs, seed=3, steps=3, guidance=2.0))
-        assert torch.allclose(results[-1], expected, atol=1e-4, rtol=1e-4)   # batched 2B vs one at a time
+        # batched 2B vs one at a time: float32 sums in another order (latents of magnitude ~5)
+        assert torch.allclose(results[-1], expected, atol=1e-3, rtol=1e-4), (results[-1] - expected).abs().max()
     assert (results[0] - results[1]).abs().max() > 1e-2
 
 
 def test_the_person_is_anchored_and_the_neutral_sample_is_reused(generator, monkeypatch):
-    identity = generator.person_latent("synth000")
+    identity = generator.person_identity("synth000")
     bs = np.zeros(52, np.float32)
     assert torch.equal(generator.latent(identity, bs, seed=2, steps=3), identity)   # neutral = the person
     bs[17] = 0.7
@@ -213,7 +211,7 @@ def test_the_person_is_anchored_and_the_neutral_sample_is_reused(generator, monk
 
 
 def test_generation_is_deterministic_and_nearby_expressions_give_nearby_latents(generator):
-    identity = generator.person_latent("synth000")
+    identity = generator.person_identity("synth000")
     bs = np.zeros(52, np.float32)
     bs[17] = 0.5
     assert torch.equal(generator.latent(identity, bs, seed=0, steps=3), generator.latent(identity, bs, seed=0, steps=3))
@@ -261,17 +259,12 @@ def test_preview_and_final_quality_both_give_meshes(generator):
         # A barely trained model's surface is small, but it is a valid colored mesh.
         assert len(t) > 0 and 0 <= t.min() and t.max() < len(v) == len(c)
     with pytest.raises(ValueError, match="neither a subject"):
-        generator.person_latent("nobody")
+        generator.person_identity("nobody")
 
 
-@pytest.mark.slow
-def test_stage1_reconstruction_scores_the_trained_expressions(autodecoder_run):
-    from facestudio.generation.evaluate import stage1_reconstruction
-    from facestudio.models.train_autodecoder import load_trained
-
-    result = stage1_reconstruction(load_trained(autodecoder_run), threshold=0.2)
-    assert result["segments"] == 1 and result["failed"] == 0   # identity 0: its one expression vs its neutral
-    assert result["true_motion_mm"] > 0 and np.isfinite(result["autodecoder_expression_mm"])
+def test_a_radiance_model_has_no_scan_to_move(generator):
+    with pytest.raises(ValueError, match="trained without deformation"):
+        generator.person_scan(generator.data.subjects[0])
 
 
 def test_unseen_neutral_segment_is_encoded_once_and_cached(diffusion_run, tmp_path):
@@ -280,9 +273,9 @@ def test_unseen_neutral_segment_is_encoded_once_and_cached(diffusion_run, tmp_pa
 
     new = make_synthetic_segments(tmp_path / "new", 1, None, None, views=6, image_size=64)[0].train
     gen = Generator(diffusion_run, encode_seconds=5)
-    first = gen.person_latent(new)
+    first = gen.person_identity(new)
     assert first.shape == gen.data.latents.shape[1:]
-    assert torch.equal(Generator(diffusion_run).person_latent(new), first)   # read back from the cache
+    assert torch.equal(Generator(diffusion_run).person_identity(new), first)   # read back from the cache
     assert len(gen.generate(new, np.zeros(52, np.float32), quality="preview")[0]) > 0
 
 

@@ -1,11 +1,11 @@
 """The Generate page end to end: a tiny trained pair -> person -> sliders -> mesh -> export -> Live Link
 (a face, then no face).
 
-Runs under Xvfb (pytest-xvfb). Both stages are trained for a few steps through the core
-functions (what the Train page and the CLI call), on synthetic segments of two people; a
-third person stays out of training and is encoded on demand. A few steps leave the decoded
-density faint, so the diffusion run's config uses a low surface level (sampling.threshold,
-a per-voxel opacity), and the page's sampler steps are set low to keep the test fast.
+Runs under Xvfb (pytest-xvfb). Both stages (tiny preset: deformations of each person's fused
+neutral scan) are trained for a few steps through the core functions (what the Train page and
+the CLI call), on synthetic segments of two people; a third person stays out of training and
+is prepared on demand from their neutral scan. The page's sampler steps are set low to keep
+the test fast.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ def train_tiny_pair(library: Path) -> Path:
     train_autodecoder(segments[:4], autodecoder, config, "cpu", 4)
     dconfig = tiny()
     dconfig.train.num_threads = 1
-    dconfig.sampling.threshold = 0.03
     train_diffusion(autodecoder, new_run_dir(library, "diffusion"), dconfig, "cpu", 2)
     return segments[4]
 
@@ -82,17 +81,18 @@ def test_generate_drag_export_live(qtbot, window, tmp_path):
     panel.mesh_shown.connect(shown.append)
     qtbot.waitUntil(lambda: panel.generator is not None, timeout=60_000)
     names = [panel.person_combo.itemText(i) for i in range(panel.person_combo.count())]
-    assert len(names) == 3 and sum("new: encoded first" in n for n in names) == 1   # 3 neutral people
+    assert len(names) == 3 and sum(n.endswith("(new)") for n in names) == 1   # 3 neutral people, one unseen
     panel.preview_steps.setValue(1)
     panel.final_steps.setValue(2)
     qtbot.waitUntil(lambda: shown == ["final"], timeout=60_000)
     before = viewport_points(win)
     assert len(before) > 0 and panel.export_button.isEnabled()
 
-    # The user turns the view, then drags a smile: the mesh follows, the camera stays.
+    # The user turns the view, then drags a blink (person 0 trained eyes closed): the mesh follows,
+    # the camera stays.
     win.viewport.plotter.camera.azimuth = 30
     camera = np.array(win.viewport.plotter.camera_position.to_list())
-    slider, twin = panel.sliders.sliders["mouthSmileLeft"], panel.sliders.sliders["mouthSmileRight"]
+    slider, twin = panel.sliders.sliders["eyeBlinkLeft"], panel.sliders.sliders["eyeBlinkRight"]
     slider.setSliderDown(True)
     for value in (20, 50, 90):
         slider.setValue(value)
@@ -103,7 +103,7 @@ def test_generate_drag_export_live(qtbot, window, tmp_path):
     qtbot.waitUntil(lambda: shown[-1] == "final" and not panel.worker.busy(), timeout=60_000)
     after = viewport_points(win)
     assert before.shape != after.shape or not np.allclose(before, after)
-    assert panel.result[0].weights[BLENDSHAPE_INDEX["mouthSmileRight"]] == pytest.approx(0.9)
+    assert panel.result[0].weights[BLENDSHAPE_INDEX["eyeBlinkRight"]] == pytest.approx(0.9)
     assert np.allclose(np.array(win.viewport.plotter.camera_position.to_list()), camera)
 
     # Export and read back; screenshot.
@@ -133,7 +133,7 @@ def test_generate_drag_export_live(qtbot, window, tmp_path):
             frame += 1
             qtbot.wait(20)
     assert panel.sliders.sliders["jawOpen"].value() == 70
-    assert panel.sliders.sliders["mouthSmileLeft"].value() == 0      # the phone's face, not the old sliders
+    assert panel.sliders.sliders["eyeBlinkLeft"].value() == 0      # the phone's face, not the old sliders
     assert "Live:" in panel.live_label.text() and "no face" not in panel.live_label.text()
 
     # The face leaves the camera: the phone sends short packets; the page says so and the

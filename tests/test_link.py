@@ -273,7 +273,9 @@ def test_latency_is_right_for_a_device_clock_of_any_epoch():
         stats = client.stats.as_dict()
     assert len(frames) == 30 and all(f.latency_s is not None for f in frames)
     assert stats["clock_offset_s"] == pytest.approx(offset, abs=0.05)
-    assert 0 <= stats["latency_p50_ms"] < 50
+    # Loopback: the true latency is ~0; the NTP-style offset is off by up to half a round trip
+    # either way (milliseconds on a loaded machine), so the figure may be slightly negative.
+    assert abs(stats["latency_p50_ms"]) < 50
 
 
 def test_a_recorded_take_stores_when_each_frame_was_received(replay_device, tmp_path):

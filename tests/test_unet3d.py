@@ -186,6 +186,32 @@ def test_residual_target_diffuses_the_difference_and_adds_the_neutral_back():
         assert torch.allclose(got, latent.sample(bs, ident, noise=noise, num_steps=3) + ident, atol=1e-6)
 
 
+def test_linear_mean_fit_recovers_a_linear_latent_and_the_untrained_unet_samples_it():
+    """m(e) fitted by ridge regression reproduces latents linear in the blendshapes; with the
+    U-Net still at its zero output (D = m + c_skip (x - m), the optimal denoiser of N(m, sigma_data^2))
+    the sampler lands on m(e) + sigma_data * noise."""
+    cfg = micro()
+    cfg.linear_mean = True
+    model = ConditionalDenoiser(cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    weights, bias = torch.randn(52, 2 * 8 ** 3, generator=g), torch.randn(2 * 8 ** 3, generator=g)
+    bs = torch.rand(80, 52, generator=g)
+    latents = (bs @ weights + bias).view(80, 2, 8, 8, 8)
+    model.mean.fit(latents, bs, ridge=1e-8)
+    torch.testing.assert_close(model.mean(bs[:5]), latents[:5], atol=1e-3, rtol=1e-3)
+    dropped = model.mean(bs[:2], torch.tensor([True, False]))
+    torch.testing.assert_close(dropped[0], latents.mean(0), atol=1e-4, rtol=1e-4)   # no expression: the mean
+    torch.testing.assert_close(dropped[1], latents[1], atol=1e-3, rtol=1e-3)
+    noise, _, ident = inputs(cfg, 2, seed=5)
+    with torch.no_grad():
+        got = model.sample(bs[:2], ident, noise=noise, num_steps=32)
+    torch.testing.assert_close(got - latents[:2], 0.5 * noise, atol=0.15, rtol=0)   # Heun, 32 steps: ~2% off
+    # the mean is part of the denoiser: the EDM loss reaches it
+    model.train()
+    model.loss(latents[:4], bs[:4], ident[:1].expand(4, -1, -1, -1, -1)).mean().backward()
+    assert model.mean.weight.grad is not None and model.mean.weight.grad.abs().sum() > 0
+
+
 def test_residual_target_takes_sigma_data_from_the_training_residuals():
     from facestudio.models.diffusion_config import tiny as diffusion_tiny
 

@@ -67,16 +67,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     q.set_defaults(func=run_synth)
 
     q = group(sub, common, "eval").add_parser(
-        "expression", parents=[common], help="expression transfer on synthetic people vs two baselines",
-        description="Trains both stages (tiny) on synthetic identities, generates held-out (identity, "
-                    "expression) pairs, reports surface distance and expression error vs the exact meshes.")
+        "expression", parents=[common], help="expression transfer on synthetic people vs four baselines",
+        description="Trains both stages (tiny) on synthetic ICT identities, generates held-out (identity, "
+                    "expression) pairs by moving each person's fused neutral scan, and scores them and the "
+                    "baselines (scan unchanged, nearest sample transferred, ICT fit, linear per-blendshape "
+                    "fields) against the exact meshes, with 95%% intervals over pairs and over seeds.")
     q.add_argument("--minutes", type=float, default=20.0,
-                   help="training budget: 2/3 for the autodecoder, 1/3 for each diffusion target (default 20)")
-    q.add_argument("--targets", default="latent",
-                   help="what the diffusion model generates, comma-separated to compare them on one autodecoder: "
-                        "latent (3DVADER's, the presets'), residual (from the neutral latent) (default latent)")
-    q.add_argument("--train-identities", type=int, default=4, help="identities with all expressions (default 4)")
-    q.add_argument("--heldout-identities", type=int, default=2, help="identities seen only neutral (default 2)")
+                   help="training budget per seed: half for the autodecoder, half for the diffusion model "
+                        "(default 20; data and registration come on top)")
+    q.add_argument("--seeds", type=int, default=3, help="whole-protocol repeats, each with other people (default 3)")
+    q.add_argument("--train-identities", type=int, default=16, help="identities with all expressions (default 16)")
+    q.add_argument("--heldout-identities", type=int, default=4, help="identities seen only neutral (default 4)")
     q.add_argument("--face-model", metavar="PATH",
                    help="ICT face model .npz (default: LIBRARY/facemodels/ict_facekit.npz, else procedural)")
     q.add_argument("--keep", type=Path, metavar="DIR", help="keep data and runs here instead of a temp dir")
@@ -169,62 +170,60 @@ def run_synth(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.cli.model_eval_cmds import default_face_model
-    from facestudio.generation.evaluate import make_protocol_data, score_pair, stage1_reconstruction, summarise
-    from facestudio.generation.generate import Generator
-    from facestudio.models.config import tiny as autodecoder_tiny
-    from facestudio.models.denoiser import TARGETS
-    from facestudio.models.diffusion_config import tiny as diffusion_tiny
-    from facestudio.models.edm import SIGMA_DATA
-    from facestudio.models.train_autodecoder import load_trained, train_autodecoder
-    from facestudio.models.train_diffusion import train_diffusion
+    from facestudio.generation.evaluate import across_seeds
 
-    if args.minutes <= 0 or args.train_identities < 2 or args.heldout_identities < 1:
-        raise ValueError("--minutes must be > 0, --train-identities >= 2, --heldout-identities >= 1")
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not targets or any(t not in TARGETS for t in targets) or len(set(targets)) != len(targets):
-        raise ValueError(f"--targets: a comma-separated list of distinct {', '.join(TARGETS)}")
+    if args.minutes <= 0 or args.train_identities < 2 or args.heldout_identities < 1 or args.seeds < 1:
+        raise ValueError("--minutes must be > 0, --train-identities >= 2, --heldout-identities >= 1, --seeds >= 1")
     face_model = args.face_model or default_face_model(args.library)
-    if face_model is not None and not Path(face_model).is_file():
-        raise ValueError(f"--face-model {face_model} does not exist")
+    if face_model is None or not Path(face_model).is_file():
+        raise ValueError("eval expression needs the ICT face model (--face-model PATH, or `facestudio facemodel "
+                         "import-ict`): its faces are the ground truth and its fit is baseline (c)")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fs-eval-expr-") as tmp:
         root = args.keep or Path(tmp)
-        t0 = time.monotonic()
-        train, pairs = make_protocol_data(root, args.train_identities, args.heldout_identities, face_model)
-        data_s = time.monotonic() - t0
-        # The autodecoder bounds everything downstream: it gets 2/3 of the budget.
-        ad = _timed(lambda stop: train_autodecoder(train, root / "autodecoder", autodecoder_tiny(), args.device,
-                                                   10 ** 9, stop_event=stop), args.minutes * 60 * 2 / 3, args.json)
-        ceiling = stage1_reconstruction(load_trained(root / "autodecoder"))
-        results = {}
-        for target in targets:
-            config = diffusion_tiny()
-            config.denoiser.target = target
-            if target == "latent":
-                config.denoiser.sigma_data = SIGMA_DATA   # EDM's; "residual" takes the data's at the start
-            run = root / f"diffusion-{target}"
-            diff = _timed(lambda stop: train_diffusion(root / "autodecoder", run, config, args.device, 10 ** 9,
-                                                       stop_event=stop), args.minutes * 60 / 3, args.json)
-            gen = Generator(run, "cpu")
-            t1 = time.monotonic()
-            rows = []
-            for p in pairs:
-                try:
-                    rows.append(score_pair(gen, p))
-                except ValueError as exc:   # e.g. no surface at the mesh level: a failure to report
-                    rows.append({"group": p.group, "label": p.label, "error": str(exc)})
-            results[target] = {
-                "diffusion_steps": diff["step"], "eval_seconds": round(time.monotonic() - t1, 1),
-                "summary": summarise(rows),
-                "per_pair": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
-    return {"face_model": "ict" if face_model else "procedural", "preset": "tiny",
-            "train_identities": args.train_identities, "heldout_identities": args.heldout_identities,
-            "training_segments": len(train), "pairs": len(pairs), "minutes": args.minutes,
-            "autodecoder_steps": ad["step"], "threads": ad["threads"],
-            "sampling_steps": gen.config.sampling.final_steps, "guidance": gen.config.sampling.guidance,
-            "data_seconds": round(data_s, 1),
+        runs = [_protocol_seed(root / f"seed{seed}", seed, face_model, args) for seed in range(args.seeds)]
+    return {"face_model": "ict", "preset": "tiny", "train_identities": args.train_identities,
+            "heldout_identities": args.heldout_identities, "minutes_per_seed": args.minutes, "seeds": args.seeds,
             "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-            "stage1_reconstruction": ceiling, "targets": results}
+            "across_seeds": across_seeds([r["summary"] for r in runs]), "runs": runs}
+
+
+def _protocol_seed(root: Path, seed: int, face_model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One whole protocol: people of this seed, both stages trained, every pair scored."""
+    from facestudio.generation.evaluate import Baselines, make_protocol_data, score_pair, stage1_reconstruction, summarise
+    from facestudio.generation.generate import Generator
+    from facestudio.models.config import tiny as autodecoder_tiny
+    from facestudio.models.diffusion_config import tiny as diffusion_tiny
+    from facestudio.models.train_autodecoder import load_trained, train_autodecoder
+    from facestudio.models.train_diffusion import train_diffusion
+
+    t0 = time.monotonic()
+    train, pairs = make_protocol_data(root, args.train_identities, args.heldout_identities, face_model, seed=seed)
+    data_s = time.monotonic() - t0
+    config = autodecoder_tiny()
+    config.train.seed = config.registration.seed = seed
+    config.registration.face_model = face_model
+    t0 = time.monotonic()
+    # Registration of every training segment comes first and is not part of the training budget.
+    train_autodecoder(train, root / "autodecoder", config, args.device, 0)
+    registration_s = time.monotonic() - t0
+    ad = _timed(lambda stop: train_autodecoder(None, root / "autodecoder", None, args.device, 10 ** 9, resume=True,
+                                               stop_event=stop), args.minutes * 60 / 2, args.json)
+    trained = load_trained(root / "autodecoder")
+    ceilings = {"registered": stage1_reconstruction(trained, registered=True), "decoded": stage1_reconstruction(trained)}
+    dconfig = diffusion_tiny()
+    dconfig.train.seed = seed
+    diff = _timed(lambda stop: train_diffusion(root / "autodecoder", root / "diffusion", dconfig, args.device, 10 ** 9,
+                                               stop_event=stop), args.minutes * 60 / 2, args.json)
+    gen = Generator(root / "diffusion", "cpu")
+    baselines = Baselines(gen, face_model)
+    t1 = time.monotonic()
+    rows = [score_pair(gen, baselines, p, seed) for p in pairs]
+    return {"seed": seed, "training_segments": len(train), "pairs": len(pairs), "data_seconds": round(data_s, 1),
+            "registration_seconds": round(registration_s, 1), "autodecoder_steps": ad["step"],
+            "diffusion_steps": diff["step"], "threads": ad["threads"], "eval_seconds": round(time.monotonic() - t1, 1),
+            "sampling_steps": gen.config.sampling.final_steps, "stage1_ceiling": ceilings, "summary": summarise(rows),
+            "per_pair": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
 
 
 def _timed(train: Any, seconds: float, quiet: bool) -> dict[str, Any]:
@@ -237,7 +236,8 @@ def _timed(train: Any, seconds: float, quiet: bool) -> dict[str, Any]:
     finally:
         timer.cancel()
     if not quiet:
-        print(f"{Path(summary['run']).name}: {summary['step']} steps, loss {summary['loss']:.4f}", file=sys.stderr)
+        loss = "" if summary["loss"] is None else f", loss {summary['loss']:.4f}"
+        print(f"{Path(summary['run']).name}: {summary['step']} steps{loss}", file=sys.stderr)
     return summary
 
 
@@ -254,7 +254,7 @@ def run_bench_generate(args: argparse.Namespace) -> dict[str, Any]:
     gen = Generator(find_run(args.model, "diffusion", args.library), str(device))
     threads = set_threads(gen.config.train.num_threads)
     person = gen.data.subjects[0]
-    gen.person_latent(person)      # a person is encoded once, before the sliders move
+    gen.person_identity(person)      # a person is prepared once, before the sliders move
     result: dict[str, Any] = {"model": str(gen.run_dir), "preset": gen.config.preset, "device": str(device),
                               "torch_threads": torch.get_num_threads(), "threads_set": threads,
                               "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),

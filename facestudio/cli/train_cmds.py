@@ -71,7 +71,8 @@ def gather_segments(dirs: list[Path] | None, library: str | None) -> list[Path]:
 
 
 def run_train_autodecoder(args: argparse.Namespace) -> dict[str, Any] | None:
-    from facestudio.models.config import load_config
+    from facestudio.models.config import load_config, with_face_model
+    from facestudio.paths import face_model_for, library_root
     from facestudio.models.runs import format_progress
     from facestudio.models.train_autodecoder import train_autodecoder
 
@@ -80,7 +81,7 @@ def run_train_autodecoder(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.segments:
             raise ValueError("--resume continues on the run's own segments; drop --segments")
     else:
-        config = load_config(args.config)
+        config = with_face_model(load_config(args.config), face_model_for(library_root(args.library), None))
         segments = gather_segments(args.segments, args.library)
         run_dir = runs_dir(args.library, "autodecoder") / time.strftime("%Y%m%d-%H%M%S")   # torchrun: rank 0's is used
 
@@ -123,6 +124,9 @@ def run_encode(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.models.train_autodecoder import load_trained, resolve_device, set_threads
 
     trained = load_trained(find_run(args.model, "autodecoder", args.library), str(resolve_device(args.device)))
+    if trained.config.model.output == "deformation":
+        raise ValueError("a deformation autodecoder needs no encoding: a new person is their fused neutral scan, "
+                         "which `generate --person SEGMENT` uses directly")
     set_threads(trained.config.train.num_threads)
     return encode_segment(trained, args.segment, seconds=args.seconds)
 
@@ -149,15 +153,28 @@ def render_orbit(trained: Any, segment: str, out_dir: Path, views: int, size: in
     from facestudio.models.train_autodecoder import render_views
 
     cfg = trained.config
-    grid, box = grid_for_segment(trained, segment)
+    deformation = cfg.model.output == "deformation"
+    if deformation:   # the scan with the decoded expression, ray cast (there is no radiance grid)
+        from facestudio.models.deformation_targets import decoded_scan
+        from facestudio.models.mesh import raycast_image, training_index
+        from facestudio.models.train_autodecoder import segment_box
+        from facestudio.dataset.segment import Segment
+
+        index = training_index(trained, segment)
+        mesh, box = decoded_scan(trained, index), segment_box(Segment(trained.segment_paths[index]))
+    else:
+        grid, box = grid_for_segment(trained, segment)
     K, poses = orbit_cameras(box, views, size)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     with torch.no_grad():
         for i in range(views):
-            out = render_views(grid[None], K[None, i:i + 1], poses[None, i:i + 1], size, box,
-                               cfg.render.samples_per_ray, False, cfg.render.background, trained.model.geometry)
-            rgb = (out["rgb"][0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            if deformation:
+                rgb = raycast_image(*mesh, K[i], poses[i], size, cfg.render.background)
+            else:
+                out = render_views(grid[None], K[None, i:i + 1], poses[None, i:i + 1], size, box,
+                                   cfg.render.samples_per_ray, False, cfg.render.background, trained.model.geometry)
+                rgb = (out["rgb"][0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             path = out_dir / f"view_{i:03d}.png"
             if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {path}")

@@ -1,13 +1,21 @@
-"""A person + an expression -> a colored mesh: sampling, de-normalisation, G2, marching cubes.
+"""A person + an expression -> a colored mesh: sampling, de-normalisation, G2, then the mesh.
 
-The person is given by a neutral segment (a training segment, a subject name, or a segment the
-model never saw, encoded once with the decoder frozen - no diffusion retraining). Sampling is
-the deterministic EDM Heun sampler from initial noise fixed by the seed, so the same seed with
-nearby expressions gives nearby faces (the probability-flow ODE is a smooth map; REFERENCE.md
-sec. 2) - what slider dragging needs. The sampled change from the neutral expression is added
-to the person's own latent (:meth:`Generator.latent`), so the face stays the person's. Preview
-quality uses few steps and marching cubes on the raw grid; final quality more steps and an
-upsampled grid.
+The person is given by a neutral segment (a subject name, a training segment, or a segment the
+model never saw - no diffusion retraining). Sampling is the deterministic EDM Heun sampler from
+initial noise fixed by the seed, so the same seed with nearby expressions gives nearby faces
+(the probability-flow ODE is a smooth map; REFERENCE.md sec. 2) - what slider dragging needs.
+
+With a deformation autodecoder (the presets) the person is their fused neutral scan - the mesh
+the Library shows - and G2 decodes the sampled latent to a displacement field that moves every
+vertex of it (:meth:`Generator.field`): the avatar keeps the scan's detail, colours and vertex
+count. The field is the sampled expression's minus the sampled neutral expression's from the
+same noise, so the neutral expression gives exactly the scan. A new person needs only their
+fused neutral take.
+
+With a radiance autodecoder (3DVADER's own stage 1) the person is their neutral latent (an
+unseen segment is encoded once, decoder frozen), the sampled change from the neutral expression
+is added to it (:meth:`Generator.latent`), and the mesh is marching cubes on the decoded grid
+(preview on the raw grid, final on an upsampled one).
 """
 
 from __future__ import annotations
@@ -62,7 +70,9 @@ class Generator:
         self.step = ckpt.step
         self.encode_seconds = encode_seconds
         self.box = _box(self.autodecoder.segment_paths[0])
+        self.deformation = self.autodecoder.config.model.output == "deformation"
         self._people: dict[str, torch.Tensor] = {}
+        self._scans: dict[str, Mesh] = {}
         self._neutral_samples: list[tuple[torch.Tensor, tuple[int, int, float], torch.Tensor]] = []
         s = self.config.sampling
         self.quality = {"preview": Quality(s.preview_steps, s.preview_mesh_upsample),
@@ -70,13 +80,49 @@ class Generator:
 
     # ------------------------------------------------------------------ people
 
-    def person_latent(self, person: str | Path) -> torch.Tensor:
-        """Normalised (C, R, R, R) identity latent of a subject, a training segment (name or
-        path), or an unseen segment folder (encoded with the decoder frozen, then cached)."""
+    def person_identity(self, person: str | Path) -> torch.Tensor:
+        """Stage 2's identity input for a person - a subject of the model, a training segment (name
+        or path) or a segment folder - prepared once, then cached: the neutral latent (radiance;
+        an unseen segment is encoded with the decoder frozen) or the neutral scan's volume
+        (deformation)."""
         key = str(person)
         if key not in self._people:
-            self._people[key] = self._resolve(key)
+            self._people[key] = self._prepare_scan(key) if self.deformation else self._resolve(key)
         return self._people[key]
+
+    def person_scan(self, person: str | Path) -> Mesh:
+        """The fused neutral scan a deformation model moves for ``person``."""
+        if not self.deformation:
+            raise ValueError("this model was trained without deformation (a radiance autodecoder): it generates "
+                             "decoded volumes, not the person's scan; train a deformation autodecoder (preset tiny)")
+        self.person_identity(person)
+        return self._scans[str(person)]
+
+    def _neutral_segment(self, key: str) -> Path:
+        """The neutral segment folder of a subject, training segment or segment folder."""
+        if key in self.data.subjects:
+            return self.autodecoder.segment_paths[self.data.identity_index[self.data.subjects.index(key)]]
+        index = self.autodecoder.index_of(key)
+        if index is not None:
+            return self.autodecoder.segment_paths[self.data.identity_index[index]]
+        path = Path(key)
+        if not (path / "segment.json").is_file():
+            subjects = ", ".join(sorted(set(self.data.subjects)))
+            raise ValueError(f"--person {key!r} is neither a subject of the model ({subjects}), "
+                             "a training segment, nor a segment folder")
+        info = Segment(path).info
+        if info.label != "neutral" and float(np.max(np.abs(info.blendshapes), initial=0.0)) > 0.15:
+            raise ValueError(f"{path} holds the expression {info.label!r}, not a neutral face: a person is "
+                             "generated from their neutral segment (record or fuse a neutral take)")
+        return path
+
+    def _prepare_scan(self, key: str) -> torch.Tensor:
+        from facestudio.models.deformation import identity_volume
+        from facestudio.models.deformation_targets import load_scan
+
+        scan = load_scan(self._neutral_segment(key))
+        self._scans[key] = scan
+        return identity_volume(scan[0], scan[1], self.box, self.autodecoder.config.model.latent_resolution)
 
     def _resolve(self, key: str) -> torch.Tensor:
         if key in self.data.subjects:
@@ -118,45 +164,75 @@ class Generator:
                                 guide_identity=self.config.sampling.guide_identity)
         return out[0]
 
-    @torch.no_grad()
-    def latent(self, identity: torch.Tensor, blendshapes: np.ndarray | torch.Tensor, seed: int = 0,
-               steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
-        """The person's normalised latent (C, R, R, R) with the expression.
-
-        With ``sampling.anchor_to_person`` (the presets) it is the person's own latent plus the
-        sampled change: sample(expression) - sample(neutral expression), both from the seed's
-        noise. The sampled face drifts from the person (its neutral decodes farther from the
-        true face than the encoded latent does); the difference of two samples from the same
-        noise keeps the expression and cancels most of that drift, so the neutral expression
-        gives exactly the encoded person. The neutral sample is cached per person, seed, steps
-        and guidance, so dragging a slider costs one sample.
-        """
-        sampled = self.sample(identity, blendshapes, seed, steps, guidance)
-        if not self.config.sampling.anchor_to_person:
-            return sampled
+    def _neutral_sample(self, identity: torch.Tensor, seed: int, steps: int | None, guidance: float | None
+                        ) -> torch.Tensor:
+        """sample(neutral expression) for the person and seed, cached per steps and guidance (a
+        slider drag then costs one sample)."""
         key = (seed, steps or self.config.sampling.final_steps,
                self.config.sampling.guidance if guidance is None else guidance)
         neutral = next((n for i, k, n in self._neutral_samples if k == key and torch.equal(i, identity)), None)
         if neutral is None:
             neutral = self.sample(identity, np.zeros(NUM_BLENDSHAPES, np.float32), *key)
             self._neutral_samples = [(identity, key, neutral), *self._neutral_samples[:7]]
-        return identity.to(sampled.device) + (sampled - neutral)
+        return neutral
+
+    @torch.no_grad()
+    def latent(self, identity: torch.Tensor, blendshapes: np.ndarray | torch.Tensor, seed: int = 0,
+               steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+        """A radiance model's normalised latent (C, R, R, R) of the person with the expression.
+
+        With ``sampling.anchor_to_person`` (the presets) it is the person's own latent plus the
+        sampled change: sample(expression) - sample(neutral expression), both from the seed's
+        noise. The sampled face drifts from the person (its neutral decodes farther from the
+        true face than the encoded latent does); the difference of two samples from the same
+        noise keeps the expression and cancels most of that drift, so the neutral expression
+        gives exactly the encoded person.
+        """
+        sampled = self.sample(identity, blendshapes, seed, steps, guidance)
+        if not self.config.sampling.anchor_to_person:
+            return sampled
+        return identity.to(sampled.device) + (sampled - self._neutral_sample(identity, seed, steps, guidance))
+
+    @torch.no_grad()
+    def decode_field(self, latent: torch.Tensor) -> torch.Tensor:
+        """A deformation model's normalised latent -> de-normalise -> G2 -> field (3, R, R, R) in metres."""
+        from facestudio.models.deformation import FIELD_UNIT_M
+
+        return self.autodecoder.model.g2(denormalise(latent.to(self.device), self.data.stats)[None])[0] * FIELD_UNIT_M
+
+    @torch.no_grad()
+    def field(self, identity: torch.Tensor, blendshapes: np.ndarray | torch.Tensor, seed: int = 0,
+              steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
+        """A deformation model's field (3, R, R, R), metres, that gives the person the expression:
+        field(sample(expression)) - field(sample(neutral expression)) with ``anchor_to_person``,
+        so the scan's own neutral is exactly kept and the drift both samples share cancels."""
+        moved = self.decode_field(self.sample(identity, blendshapes, seed, steps, guidance))
+        if not self.config.sampling.anchor_to_person:
+            return moved
+        return moved - self.decode_field(self._neutral_sample(identity, seed, steps, guidance))
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, mesh_upsample: int = 2) -> Mesh:
-        """A normalised latent -> de-normalise -> G2 -> marching cubes (colors from the grid)."""
+        """A radiance model's normalised latent -> de-normalise -> G2 -> marching cubes (colors from the grid)."""
         raw = self.autodecoder.model.g2(denormalise(latent.to(self.device), self.data.stats)[None])[0]
         return grid_to_mesh(raw, self.box, self.config.sampling.threshold, mesh_upsample,
                             self.autodecoder.model.geometry)
 
     def generate(self, person: str | Path, blendshapes: np.ndarray, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, quality: str = "final") -> Mesh:
-        """(vertices, triangles, vertex_colors) of ``person`` with ``blendshapes`` (52 ARKit weights)."""
+        """(vertices, triangles, vertex_colors) of ``person`` with ``blendshapes`` (52 ARKit weights):
+        the person's scan deformed (deformation models) or a decoded grid's surface (radiance)."""
         if quality not in self.quality:
             raise ValueError(f"quality must be one of {', '.join(self.quality)}")
         q = self.quality[quality]
-        latent = self.latent(self.person_latent(person), blendshapes, seed, steps or q.steps, guidance)
-        return self.decode(latent, q.mesh_upsample)
+        identity = self.person_identity(person)
+        if self.deformation:
+            from facestudio.models.deformation import deform
+
+            vertices, triangles, colors = self.person_scan(person)
+            return deform(vertices, self.field(identity, blendshapes, seed, steps or q.steps, guidance), self.box), \
+                triangles, colors
+        return self.decode(self.latent(identity, blendshapes, seed, steps or q.steps, guidance), q.mesh_upsample)
 
 
 def _box(path: Path) -> Box:

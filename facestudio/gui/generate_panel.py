@@ -3,8 +3,9 @@
 The page calls the core's :class:`facestudio.generation.generate.Generator` - what
 `facestudio generate` uses - off the GUI thread:
 
-* loading a diffusion run and preparing a person (a neutral segment the model never saw is
-  encoded first, which takes up to a minute) run as jobs;
+* loading a diffusion run and preparing a person (their fused neutral scan, which a deformation
+  model moves; for a radiance model a neutral segment it never saw is encoded first, up to a
+  minute) run as jobs;
 * meshes come from one :class:`LatestWorker`: while a slider moves, requests at preview quality
   (few sampler steps, the fixed seed) are debounced by ~100 ms and only the newest is served;
   letting go asks for final quality. Every Generator call holds one lock, since the model is
@@ -99,8 +100,8 @@ class GeneratePanel(QWidget):
         self.model_combo.setToolTip("A trained diffusion run (Train page, or `facestudio train`)")
         self.model_combo.currentIndexChanged.connect(self._model_selected)
         self.person_combo = QComboBox()
-        self.person_combo.setToolTip("Neutral segments in the library. People the model never saw are "
-                                     "encoded once (decoder frozen), which takes up to a minute.")
+        self.person_combo.setToolTip("Neutral segments in the library, also of people the model never saw: "
+                                     "the avatar is their fused neutral scan with the expression.")
         self.person_combo.activated.connect(self._person_selected)
         self.busy = QProgressBar()
         self.busy.setObjectName("fuseProgress")
@@ -320,8 +321,9 @@ class GeneratePanel(QWidget):
         self.final_steps.setValue(q["final"].steps)
         self.guidance_spin.setValue(self.generator.config.sampling.guidance)
         self.person_combo.clear()
+        new = "  (new)" if self.generator.deformation else "  (new: encoded first)"
         for person in self.people:
-            self.person_combo.addItem(person.name + ("" if person.known else "  (new: encoded first)"), person)
+            self.person_combo.addItem(person.name + ("" if person.known else new), person)
         self.state_label.setText(f"Model at step {self.generator.step:,} · pick a person"
                                  if self.people else "No fused segments in the library to take a person from.")
         self._update_controls()
@@ -351,12 +353,17 @@ class GeneratePanel(QWidget):
 
         def prepare(_job: Job) -> Person:
             with self._lock:
-                generator.person_latent(person.path)
+                generator.person_identity(person.path)
             return person
 
         self.person = None
-        self.state_label.setText(f"Preparing {person.name}…" if person.known else
-                                 f"Encoding {person.name}: the model never saw this person (up to a minute)…")
+        if person.known:
+            text = f"Preparing {person.name}…"
+        elif generator.deformation:
+            text = f"Preparing {person.name}: the model never saw this person; reading their fused neutral scan…"
+        else:
+            text = f"Encoding {person.name}: the model never saw this person (up to a minute)…"
+        self.state_label.setText(text)
         self._person_job = self.jobs.start("prepare person", prepare, on_success=self._person_ready,
                                            on_error=self._person_failed)
         self._update_controls()

@@ -122,6 +122,16 @@ def render_preview(run_dir: Path, size: int = 128, index: int = 0) -> np.ndarray
 
     trained = load_trained(Path(run_dir), "cpu")
     cfg = trained.config.render
+    if trained.config.model.output == "deformation":   # its first expression: the neutral is the scan itself
+        from facestudio.models.deformation_targets import decoded_scan
+        from facestudio.models.mesh import raycast_image
+        from facestudio.models.train_autodecoder import segment_box
+        from facestudio.dataset.segment import Segment
+
+        segments = [Segment(p) for p in trained.segment_paths]
+        index = next((i for i, s in enumerate(segments) if s.info.label != "neutral"), index)
+        K, poses = orbit_cameras(segment_box(segments[index]), 1, size)
+        return raycast_image(*decoded_scan(trained, index), K[0], poses[0], size, cfg.background)
     grid, box = grid_for_segment(trained, index)
     K, poses = orbit_cameras(box, 1, size)
     with torch.no_grad():

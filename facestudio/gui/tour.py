@@ -30,18 +30,19 @@ def _fill_library(root: Path, face_model: str | None) -> None:
                           seed=2, subject="ben", take="neutral-01")
 
 
-def _train_models(root: Path, autodecoder_steps: int = 120, diffusion_steps: int = 200) -> None:
+def _train_models(root: Path, face_model: str | None, autodecoder_steps: int = 120,
+                  diffusion_steps: int = 200) -> None:
     """A tiny autodecoder and diffusion model on the fused segments, through the core trainers
     (about a minute on two cores): enough for the Train page's curves and preview and for a
     recognisable head on the Generate page, not for a good face."""
     from facestudio.dataset.segment import find_segments
     from facestudio.gui.model_runs import gui_threads, new_run_dir
-    from facestudio.models.config import load_config
+    from facestudio.models.config import load_config, with_face_model
     from facestudio.models.diffusion_config import load_diffusion_config
     from facestudio.models.train_autodecoder import train_autodecoder
     from facestudio.models.train_diffusion import train_diffusion
 
-    config = load_config("tiny")
+    config = with_face_model(load_config("tiny"), face_model)   # the rig registers the expressions
     config.train.num_threads = gui_threads()
     config.train.checkpoint_every = autodecoder_steps // 2
     autodecoder = new_run_dir(root, "autodecoder")
@@ -58,7 +59,7 @@ def run_screenshot_tour(out_dir: str | Path, library: str | None = None,
         face_model = face_model_for(root, face_model)
         if library is None:
             _fill_library(root, face_model)
-            _train_models(root)
+            _train_models(root, face_model)
         app = QApplication.instance() or QApplication([])
         apply_look(app)
         window = MainWindow(root, interfaces=["127.0.0.1"],

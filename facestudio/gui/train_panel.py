@@ -360,14 +360,15 @@ class TrainPanel(QWidget):
         def train(job: Job) -> dict[str, Any]:
             if kind == "autodecoder":
                 from facestudio.dataset.segment import find_segments
-                from facestudio.models.config import load_config
+                from facestudio.models.config import load_config, with_face_model
+                from facestudio.paths import face_model_for
 
                 root = library / "datasets"
                 segments = find_segments(root) if root.exists() else []
                 if not segments:
                     raise ValueError("there are no fused segments to train on: record takes and fuse "
                                      "them in the Library first")
-                config = with_settings_vgg19(load_config(preset))
+                config = with_face_model(with_settings_vgg19(load_config(preset)), face_model_for(library, None))
                 config.train.num_threads = gui_threads()
                 return _train(job, kind, run_dir, dict(segments=segments, config=config, device=device,
                                                        max_steps=steps, resume=False))
@@ -439,6 +440,11 @@ class TrainPanel(QWidget):
             box.set_preview(data["preview"], f"Preview · step {data['step']:,}, object 0")
             return
         p = data
+        if p.get("phase") == "registering":
+            box.progress.setValue(int(100 * p["done"] / max(p["total"], 1)))
+            box.progress.setFormat(f"registering {p['done']} / {p['total']}")
+            box.status.setText(f"Registering each expression onto its neutral scan: {p['done']}/{p['total']}")
+            return
         box.progress.setValue(int(100 * p["step"] / max(p["total_steps"], 1)))
         box.progress.setFormat(f"{p['step']:,} / {p['total_steps']:,}  (%p%)")
         if not self._job.cancel.is_set():
@@ -456,7 +462,8 @@ class TrainPanel(QWidget):
         elif summary["stopped_early"]:
             text = f"Stopped at step {step:,} (checkpoint saved). Select the run and Resume to continue later."
         else:
-            text = (f"Trained to step {step:,} in {summary['seconds']:.0f} s, loss {summary['loss']:.4f} "
+            loss = "" if summary["loss"] is None else f", loss {summary['loss']:.4f}"
+            text = (f"Trained to step {step:,} in {summary['seconds']:.0f} s{loss} "
                     f"({summary['device']}, {summary['threads']} threads).")
         box.status.setText(text)
         self.show_message(f"{TITLES[kind]}: {text}", "success")

@@ -86,7 +86,9 @@ class G1(nn.Module):
 
 
 class G2(nn.Module):
-    """Latent volume -> remaining up-levels -> (geometry, R, G, B) grid at the output resolution.
+    """Latent volume -> remaining up-levels -> (geometry, R, G, B) grid at the output resolution,
+    or, for ``model.output = "deformation"``, a (dx, dy, dz) displacement grid in centimetres
+    (:mod:`facestudio.models.deformation`).
 
     A distance grid is predicted as an offset from a sphere (:func:`sphere_prior`); a density grid
     starts nearly empty (``density_bias``), as NeRF-style grids do.
@@ -100,17 +102,33 @@ class G2(nn.Module):
             _level(ch[i - 1], ch[i], cfg.blocks_per_level, cfg.norm, True,
                    4 * 2 ** i in cfg.attention_resolutions) for i in range(first, len(ch))])
         self.out_norm = _norm(cfg.norm, ch[-1])
-        self.out = nn.Conv3d(ch[-1], 4, 1)
-        sdf = cfg.geometry == "sdf"
+        self.shuffle = cfg.output_shuffle
+        self.out = nn.Conv3d(ch[-1], cfg.output_channels * self.shuffle ** 3, 1)
+        sdf = cfg.geometry == "sdf" and cfg.output == "radiance"
         with torch.no_grad():
-            self.out.bias.copy_(torch.tensor([0.0 if sdf else cfg.density_bias, 0.0, 0.0, 0.0]))
+            if cfg.output == "radiance":
+                self.out.bias.copy_(torch.tensor([0.0 if sdf else cfg.density_bias, 0.0, 0.0, 0.0]))
+            else:   # a field starts as no motion
+                self.out.weight.mul_(0.1)
+                self.out.bias.zero_()
         self.register_buffer("prior", sphere_prior(cfg.output_resolution) if sdf else None, persistent=False)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         grid = self.out(F.relu(self.out_norm(self.levels(latent))))
+        if self.shuffle > 1:
+            grid = voxel_shuffle(grid, self.shuffle)
         if self.prior is None:
             return grid
         return torch.cat([grid[:, :1] + self.prior.to(grid.dtype), grid[:, 1:]], dim=1)
+
+
+def voxel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """(B, C r^3, D, H, W) -> (B, C, rD, rH, rW), the 3D pixel shuffle: a smooth field at 32^3 for
+    the cost of convolutions at 16^3 (the last level dominates a decoder's time)."""
+    b, c, d, h, w = x.shape
+    c //= r ** 3
+    x = x.view(b, c, r, r, r, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, c, d * r, h * r, w * r)
 
 
 class Autodecoder(nn.Module):

@@ -41,13 +41,16 @@ class ConditioningConfig:
     expression_hidden: int = 128        # hidden width of each region's MLP
     identity_channels: int = 64         # width of the identity conv net
     identity_patch: int = 2             # 8^3 latent / 2^3 patches = 4^3 = 64 identity tokens
-    identity_volume: bool = False       # also feed the neutral latent as input channels (presets: on)
+    identity_volume: bool = False       # also feed the identity as input channels (presets: on)
+    identity_input_channels: int = 0    # channels of the identity input; 0 = the latent's (radiance runs)
 
     def validate(self) -> "ConditioningConfig":
         if self.expression_hidden < 1 or self.identity_channels < 1:
             raise ValueError("conditioning: expression_hidden and identity_channels must be >= 1")
         if self.identity_patch < 1:
             raise ValueError("conditioning.identity_patch: must be >= 1")
+        if self.identity_input_channels < 0:
+            raise ValueError("conditioning.identity_input_channels: must be >= 0")
         return self
 
 

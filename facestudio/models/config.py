@@ -20,12 +20,15 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+
+OUTPUTS = ("radiance", "deformation")
 
 
 @dataclass
@@ -40,10 +43,17 @@ class ModelConfig:
     norm: str = "group"                 # "batch" (paper) or "group" (batch-size independent)
     geometry: str = "density"           # "density" (paper) or "sdf" (models.geometry)
     density_bias: float = -4.0          # softplus(raw + bias): starts nearly empty, as NeRF-style grids do
+    output: str = "radiance"            # what G2 decodes: "radiance" (geometry + RGB grid, 3DVADER) or
+                                        # "deformation" (a displacement field of the neutral scan, models.deformation)
+    output_shuffle: int = 1             # the last level's voxels each become shuffle^3 output voxels (1 = off)
 
     @property
     def output_resolution(self) -> int:
-        return 4 * 2 ** (len(self.channels) - 1)
+        return 4 * 2 ** (len(self.channels) - 1) * self.output_shuffle
+
+    @property
+    def output_channels(self) -> int:
+        return 3 if self.output == "deformation" else 4
 
     @property
     def latent_channels(self) -> int:
@@ -60,6 +70,10 @@ class ModelConfig:
         _check(self.blocks_per_level >= 1, "model.blocks_per_level", "must be >= 1")
         _check(self.norm in ("batch", "group"), "model.norm", "must be 'batch' or 'group'")
         _check(self.geometry in ("density", "sdf"), "model.geometry", "must be 'density' or 'sdf'")
+        _check(self.output in OUTPUTS, "model.output", f"must be one of {', '.join(OUTPUTS)}")
+        _check(self.output_shuffle in (1, 2, 4), "model.output_shuffle", "must be 1, 2 or 4")
+        _check(self.output_shuffle == 1 or self.output == "deformation", "model.output_shuffle",
+               "only for deformation fields (a radiance grid's surface needs its full-resolution level)")
 
 
 @dataclass
@@ -97,6 +111,7 @@ class TrainConfig:
     lr: float = 5e-4                    # Adam, as in the paper
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     embedding_lr: float = 5e-3          # autodecoder codes see one object each: a larger step helps
+    embedding_l2: float = 0.0           # L2 code prior (DeepSDF's), as Adam weight decay on the codes
     objects_per_batch: int = 4
     views_per_object: int = 2           # the paper uses 4
     max_steps: int = 2000
@@ -114,6 +129,45 @@ class TrainConfig:
                      "log_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         _check(self.num_threads >= 0, "train.num_threads", "must be >= 0")
+        _check(self.embedding_l2 >= 0, "train.embedding_l2", "must be >= 0")
+
+
+@dataclass
+class RegistrationConfig:
+    """How each expression segment's target field is found (models.deformation_targets).
+
+    With a face model (``face_model``, an ICT .npz; the CLI and the app fill in the library's
+    imported one): the rig is fitted to the subject's neutral scan once, moved by the segment's
+    recorded ARKit weights, and its motion of every scan vertex becomes the field
+    (:func:`facestudio.models.deformation.fit_field`), optionally refined by ``refine_steps`` of
+    ICP onto the segment's fused scan. Without one: non-rigid ICP of the neutral scan onto the
+    segment's fused scan (:func:`facestudio.models.deformation.register`), coarse to fine
+    (16^3 then the field's resolution); correspondences farther than the gate are ignored both
+    ways, since two fused scans never cover exactly the same skin. ICP alone misses large
+    motions (an opened jaw: BENCHMARKS.md), which is why the rig comes first when there is one.
+    """
+
+    coarse_steps: int = 60
+    fine_steps: int = 90
+    points: int = 3000           # scan and target points drawn per step
+    lr: float = 2e-3             # metres per Adam step
+    smoothness: float = 1.0      # weight of the squared voxel-to-voxel differences
+    gate_m: float = 0.01
+    coarse_gate_m: float = 0.03  # the coarse level's gate: an opened jaw moves the chin by 2-3 cm
+    face_model: str = ""         # ICT .npz: start from the rig's motion for the segment's blendshapes
+    refine_steps: int = 0        # ICP steps after the rig's field (measured: they made ICT faces worse)
+    refine_lr: float = 1e-4
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.points < 2:
+            raise ValueError("registration.points: must be >= 2")
+        for name in ("coarse_steps", "fine_steps", "refine_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"registration.{name}: must be >= 0")
+        if not (self.lr > 0 and self.refine_lr > 0 and self.smoothness >= 0 and self.gate_m > 0
+                and self.coarse_gate_m > 0):
+            raise ValueError("registration: lr, refine_lr, gate_m and coarse_gate_m must be > 0, smoothness >= 0")
 
 
 @dataclass
@@ -123,14 +177,35 @@ class AutodecoderConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)   # deformation output only
 
     def validate(self) -> "AutodecoderConfig":
-        for part in (self.model, self.render, self.loss, self.train):
+        for part in (self.model, self.render, self.loss, self.train, self.registration):
             part.validate()
         return self
 
 
 def tiny() -> AutodecoderConfig:
+    """Expressions as deformations of the person's fused neutral scan (issue 14), CPU-sized: a
+    32^3 displacement field over the head box from an 8^3 x 16 latent. A small latent, since stage
+    2 must model it from a few hundred segments; the last level at 16^3 voxel-shuffled to 32^3,
+    since convolutions at 32^3 took 4x the time of the rest of the decoder; 16 objects a step,
+    since a step costs only a decode (no rendering: the targets are registered fields,
+    models.deformation_targets)."""
+    return AutodecoderConfig(
+        preset="tiny", model=ModelConfig(channels=[64, 16, 32], output="deformation", output_shuffle=2),
+        train=TrainConfig(lr=1e-3, embedding_lr=1e-2, objects_per_batch=16, max_steps=3000)).validate()
+
+
+def paper() -> AutodecoderConfig:
+    """The paper's decoder sizes (3DVADER sec. 3 / supp.: 1024-d codes, 4^3x512 -> 64^3, 8^3x256
+    latent) decoding a 64^3 deformation field."""
+    config = paper_radiance()
+    config.preset, config.model.output = "paper", "deformation"
+    return config.validate()
+
+
+def tiny_radiance() -> AutodecoderConfig:
     """Trains a recognisable face on a 2-core CPU in minutes: 32^3 output, 8^3 x 64 latent.
 
     A 2x larger decoder learning rate than the paper's: a few thousand steps is all a CPU gets.
@@ -139,14 +214,14 @@ def tiny() -> AutodecoderConfig:
     error is 0.008 head-box units, which the x10 occupancy term drowned; at 10 the 15-minute mesh
     error went from 2.09 to 1.88 mm (BENCHMARKS.md).
     """
-    return AutodecoderConfig(preset="tiny", model=ModelConfig(geometry="sdf"), loss=LossConfig(depth=10.0),
+    return AutodecoderConfig(preset="tiny-radiance", model=ModelConfig(geometry="sdf"), loss=LossConfig(depth=10.0),
                              train=TrainConfig(lr=1e-3)).validate()
 
 
-def paper() -> AutodecoderConfig:
+def paper_radiance() -> AutodecoderConfig:
     """The paper's sizes (3DVADER sec. 3 / supp.): 1024-d codes, 4^3x512 -> 64^3, 8^3x256 latent."""
     return AutodecoderConfig(
-        preset="paper",
+        preset="paper-radiance",
         model=ModelConfig(embedding_dim=1024, channels=[512, 256, 128, 64, 32], blocks_per_level=4,
                           latent_resolution=8, attention_resolutions=[8, 16], norm="batch"),
         render=RenderConfig(image_size=128, samples_per_ray=128),
@@ -156,7 +231,15 @@ def paper() -> AutodecoderConfig:
     ).validate()
 
 
-PRESETS = {"tiny": tiny, "paper": paper}
+PRESETS = {"tiny": tiny, "paper": paper, "tiny-radiance": tiny_radiance, "paper-radiance": paper_radiance}
+
+
+def with_face_model(config: AutodecoderConfig, face_model: str | None) -> AutodecoderConfig:
+    """The config with ``face_model`` (the library's imported ICT model, say) as the registration
+    rig of a deformation run that names none; what the CLI and the app do before training."""
+    if config.model.output == "deformation" and not config.registration.face_model and face_model:
+        config.registration.face_model = str(face_model)
+    return config
 
 
 def load_config(spec: str | Path) -> AutodecoderConfig:

@@ -85,10 +85,17 @@ class DiffusionConfig:
         self.sampling.validate()
         return self
 
-    def for_latents(self, channels: int, resolution: int, residual_std: float) -> "DiffusionConfig":
-        """The config with the U-Net sized to an autodecoder's latent (C, R, R, R) and, for the
+    def for_latents(self, channels: int, resolution: int, residual_std: float,
+                    identity_channels: int | None = None) -> "DiffusionConfig":
+        """The config with the U-Net sized to an autodecoder's latent (C, R, R, R) and identity
+        input (the neutral latent's C channels, or a deformation run's scan volume), and, for the
         residual target, EDM's sigma_data set to the training residuals' standard deviation."""
         self.denoiser.unet.in_channels, self.denoiser.unet.resolution = channels, resolution
+        identity_channels = channels if identity_channels is None else identity_channels
+        if identity_channels != channels and self.denoiser.target == "residual":
+            raise ValueError("denoiser.target = 'residual' needs the neutral latent as identity; "
+                             "a deformation autodecoder's latents are already changes from the neutral")
+        self.denoiser.conditioning.identity_input_channels = 0 if identity_channels == channels else identity_channels
         if self.denoiser.target == "residual":
             self.denoiser.sigma_data = max(float(residual_std), 1e-4)
         return self.validate()
@@ -100,9 +107,12 @@ def tiny() -> DiffusionConfig:
     blocks); batch 4, since a batch-16 step took ~1-13 s on 2 shared cores and minutes must buy
     hundreds of steps. Guidance 1 (one network call per evaluation): guiding the expression alone
     helped one of five measured runs and hurt four (BENCHMARKS.md); 3 preview / 12 final Heun
-    steps (5 / 23 calls) aim at the 300 ms / 2 s latency goals on 2 cores."""
+    steps (5 / 23 calls) aim at the 300 ms / 2 s latency goals on 2 cores. The U-Net denoises
+    around a linear function of the blendshapes fitted to the training latents
+    (denoiser.ExpressionMean): a few hundred latents are too few to learn that mean from noise."""
     den = denoiser.tiny()
     den.unet.num_blocks = 1
+    den.linear_mean = True
     return DiffusionConfig(preset="tiny", denoiser=den,
                            train=DiffusionTrainConfig(lr=5e-4, batch_size=4, max_steps=3000),
                            sampling=SamplingConfig(preview_steps=3, final_steps=12)).validate()

@@ -2,9 +2,11 @@
 
 3DVADER normalises G1's latents per channel as (F - median) / IQR before diffusion and inverts
 that before G2; mean/std normalisation made its diffusion fail to converge (REFERENCE.md sec. 1).
-The identity condition of a segment is the normalised latent of its subject's neutral segment
-(label "neutral", else the one with the smallest blendshape norm), so a new person needs only
-a neutral take, encoded with the decoder frozen.
+The identity condition of a segment comes from its subject's neutral segment (label "neutral",
+else the one with the smallest blendshape norm): for a radiance autodecoder its normalised latent
+(a new person's neutral take is encoded with the decoder frozen), for a deformation autodecoder
+the neutral's fused scan as a volume (:func:`facestudio.models.deformation.identity_volume`),
+which a new person has as soon as their neutral take is fused.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import torch
 
 from facestudio.dataset.segment import Segment, SegmentError
 from facestudio.faces.arkit import NUM_BLENDSHAPES
+from facestudio.models.deformation import identity_volume
+from facestudio.models.deformation_targets import load_scan
+from facestudio.models.render import Box
 from facestudio.models.train_autodecoder import TrainedAutodecoder
 
 
@@ -41,14 +46,18 @@ class LatentSet:
     blendshapes: torch.Tensor    # (N, 52)
     identity_index: list[int]    # per segment: the index of its subject's neutral segment
     stats: dict[str, torch.Tensor]
+    scan_volumes: dict[int, torch.Tensor] | None = None   # deformation runs: neutral index -> scan volume
 
     def identity_of(self, subject: str) -> torch.Tensor:
-        i = self.subjects.index(subject)
-        return self.latents[self.identity_index[i]]
+        return self.identity(self.identity_index[self.subjects.index(subject)])
 
-    def identity_latents(self, index: torch.Tensor) -> torch.Tensor:
-        """The identity latents of the segments at ``index``: a batch's, not all N copied each step."""
-        return self.latents[torch.as_tensor(self.identity_index)[index]]
+    def identity(self, neutral: int) -> torch.Tensor:
+        """Stage 2's identity input from the neutral segment at index ``neutral``."""
+        return self.latents[neutral] if self.scan_volumes is None else self.scan_volumes[neutral]
+
+    def identity_inputs(self, index: torch.Tensor) -> torch.Tensor:
+        """The identity inputs of the segments at ``index``: a batch's, not all N copied each step."""
+        return torch.stack([self.identity(self.identity_index[int(i)]) for i in torch.as_tensor(index).reshape(-1)])
 
 
 @torch.no_grad()
@@ -73,8 +82,13 @@ def load_latent_set(trained: TrainedAutodecoder) -> LatentSet:
         shapes.append(info.blendshapes)
     bs = torch.tensor(np.asarray(shapes, dtype=np.float32))
     neutral = {s: neutral_index(subjects, labels, bs, s) for s in set(subjects)}
+    volumes = None
+    if trained.config.model.output == "deformation":
+        box = Box(tuple(Segment(trained.segment_paths[0]).info.box_center), Segment(trained.segment_paths[0]).info.box_size)
+        volumes = {i: identity_volume(*load_scan(trained.segment_paths[i])[:2], box, trained.config.model.latent_resolution)
+                   for i in sorted(set(neutral.values()))}
     return LatentSet(list(trained.segment_names), subjects, labels, normalise(raw, stats), bs,
-                     [neutral[s] for s in subjects], stats)
+                     [neutral[s] for s in subjects], stats, volumes)
 
 
 def neutral_index(subjects: list[str], labels: list[str], blendshapes: torch.Tensor, subject: str) -> int:

@@ -282,11 +282,12 @@ def run_steps(run: Run, step: int, total: int, batch_loss: Callable[[], tuple[to
     ``batch_loss()`` draws a batch and returns its loss and loss terms. A stop request on any
     process ends every process before the next step. The logged loss is the global batch's (the
     mean over processes); only rank 0 logs and calls ``progress_cb``. Returns the final step,
-    whether it stopped early and the last step's loss terms ("loss" first). ``after_step(step)``
+    whether it stopped early and the last step's loss terms ("loss" first; None when no step ran,
+    so the summary stays valid JSON). ``after_step(step)``
     runs after each optimizer step (e.g. a weight average's update).
     """
     progress = Progress(total, step)
-    last_saved, stopped, terms = step, False, {"loss": float("nan")}
+    last_saved, stopped, terms = step, False, {"loss": None}
     while step < total:
         if distributed.any_rank(stop_event is not None and stop_event.is_set()):
             stopped = True
@@ -334,6 +335,8 @@ class Progress:
 
 
 def format_progress(p: dict[str, Any]) -> str:
+    if p.get("phase") == "registering":   # deformation autodecoders, before the first step
+        return f"registering segments onto their neutral scans {p['done']}/{p['total']}"
     eta = int(p["eta_s"])
     loss = f"  loss {p['loss']:.4f}" if "loss" in p else ""
     return (f"step {p['step']}/{p['total_steps']}{loss}  {p['steps_per_s']:.2f} steps/s  "

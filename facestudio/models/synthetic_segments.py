@@ -20,7 +20,9 @@ import numpy as np
 
 from facestudio.capture.frame import Intrinsics
 from facestudio.capture.virtual.source import SyntheticFaceSource
-from facestudio.dataset.segment import HEAD_BOX_CENTER, HEAD_BOX_SIZE, SegmentInfo, SegmentView, SegmentWriter
+from facestudio.dataset.segment import (HEAD_BOX_CENTER, HEAD_BOX_SIZE, MESH_FILE, SegmentInfo, SegmentView,
+                                        SegmentWriter)
+from facestudio.dataset.tsdf import TsdfVolume, save_mesh_ply
 
 TRUTH_FILE = "truth.npz"
 
@@ -73,7 +75,7 @@ def _crop_resize(images: list[np.ndarray], interps: list[int], k: Intrinsics, co
 
 def write_synthetic_segment(source: SyntheticFaceSource, segment_index: int, train_root: Path,
                             heldout_root: Path | None, views: int = 24, heldout_views: int = 6,
-                            image_size: int = 128) -> SyntheticSegment:
+                            image_size: int = 128, voxel_mm: float = 2.0) -> SyntheticSegment:
     """Render one held expression of ``source`` into a training segment (+ a held-out one)."""
     truth = source.truth()
     seg = truth["segments"][segment_index]
@@ -91,10 +93,15 @@ def write_synthetic_segment(source: SyntheticFaceSource, segment_index: int, tra
         path = Path(root) / subject / take / segment_id
         writer = SegmentWriter(path)
         seg_views = []
+        volume = TsdfVolume(voxel_mm / 1000.0) if part == "train" else None
         for i in indices:
             view = source.view_at(float(times[i]))
             clean, _ = source.render_clean(float(times[i]))
             mask = _inside_box_mask(clean, view.intrinsics, view.head_pose)
+            if volume is not None:
+                volume.integrate(np.where(mask, view.depth_m, 0.0).astype(np.float32),
+                                 cv2.cvtColor(view.color_bgr, cv2.COLOR_BGR2RGB), view.intrinsics,
+                                 np.linalg.inv(view.head_pose))
             corners = _project(view.intrinsics, view.head_pose, box_corners())
             (color, m, depth), k = _crop_resize(
                 [cv2.cvtColor(view.color_bgr, cv2.COLOR_BGR2RGB), mask.astype(np.uint8), view.depth_m],
@@ -107,6 +114,8 @@ def write_synthetic_segment(source: SyntheticFaceSource, segment_index: int, tra
             blendshapes=[float(x) for x in seg["blendshapes"]], frames=[int(i) for i in indices],
             views=seg_views, quality={"synthetic": True},
             truth={"segment": segment_index, "seed": source.seed, "source": truth["source"]}))
+        if volume is not None:
+            save_mesh_ply(volume.extract_mesh(), path / MESH_FILE)
         np.savez_compressed(path / TRUTH_FILE, vertices=seg["vertices"].astype(np.float32),
                             triangles=truth["triangles"], face_vertex_mask=truth["face_vertex_mask"])
         paths[part] = path

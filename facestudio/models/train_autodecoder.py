@@ -1,8 +1,11 @@
 """Training the autodecoder on fused segments, resumable to the exact step.
 
-Each step draws ``objects_per_batch`` segments and ``views_per_object`` of their views (4 in the
-paper), decodes every drawn object's embedding to its grid, renders full views and takes the
-losses of :mod:`facestudio.models.losses`. Embeddings and decoder train jointly (autodecoding,
+Radiance output (``model.output = "radiance"``, 3DVADER): each step draws ``objects_per_batch``
+segments and ``views_per_object`` of their views (4 in the paper), decodes every drawn object's
+embedding to its grid, renders full views and takes the losses of :mod:`facestudio.models.losses`.
+Deformation output (the presets): each segment's target is its subject's neutral scan registered
+onto the segment's fused scan (:mod:`facestudio.models.deformation_targets`, cached in
+``RUN/fields/``), and a step decodes the drawn objects' fields against their targets. Embeddings and decoder train jointly (autodecoding,
 no encoder). After training, G1 maps every embedding to its latent volume and the robust
 per-channel statistics (median, IQR) that stage 2 normalises with are stored in the run.
 Under torchrun the objects are sharded over the processes (:mod:`facestudio.models.distributed`).
@@ -33,6 +36,7 @@ from facestudio.dataset.segment import Segment
 from facestudio.models import distributed
 from facestudio.models.autodecoder import Autodecoder
 from facestudio.models.config import AutodecoderConfig, load_config
+from facestudio.models.deformation_targets import field_loss, prepare_targets
 from facestudio.models.losses import AutodecoderLoss
 from facestudio.models.render import Box, make_rays, render_rays
 from facestudio.models.runs import Run, restore_state, run_steps, save_state
@@ -206,24 +210,37 @@ def _train(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig
     if not resume:
         run.write_json(SEGMENTS_FILE, {"paths": [str(p) for p in paths], "names": [s.name for s in segs]})
     shard = distributed.shard(len(paths), tc.objects_per_batch, "train.objects_per_batch")
-    objects = {int(i): load_views(paths[i], config.render.image_size, config.render.background) for i in shard.items}
+    deformation = config.model.output == "deformation"
+    if deformation:
+        box = segment_box(segs[0])
+        targets = prepare_targets(run_dir, segs, list(shard.items), box, config.model.output_resolution,
+                                  config.registration, progress_cb if distributed.is_main() else None)
+    else:
+        objects = {int(i): load_views(paths[i], config.render.image_size, config.render.background)
+                   for i in shard.items}
     torch.manual_seed(tc.seed)
     model = Autodecoder(config.model, len(paths)).to(dev)
     optimizer = torch.optim.Adam([{"params": model.decoder_parameters(), "lr": tc.lr},
-                                  {"params": model.embeddings.parameters(), "lr": tc.embedding_lr}],
+                                  {"params": model.embeddings.parameters(), "lr": tc.embedding_lr,
+                                   "weight_decay": tc.embedding_l2}],
                                  betas=(tc.betas[0], tc.betas[1]))
-    loss_fn = AutodecoderLoss(config.loss, config.model.geometry).to(dev)
-    batcher = Batcher(objects, shard, tc.views_per_object, tc.seed)
+    loss_fn = None if deformation else AutodecoderLoss(config.loss, config.model.geometry).to(dev)
+    batcher = Batcher(objects if not deformation else {}, shard, tc.views_per_object, tc.seed)
     step = restore_state(run, model, optimizer, batcher.rng, dev) if resume else 0
     distributed.split_rng(batcher.rng)
     ddp = distributed.wrap(model, dev)
     total = max_steps if max_steps is not None else tc.max_steps
-    log.info("autodecoder: %d segments, %s x %d, %d threads, steps %d -> %d, run %s",
+    log.info("autodecoder (%s): %d segments, %s x %d, %d threads, steps %d -> %d, run %s", config.model.output,
              len(paths), dev, distributed.world_size(), threads, step, total, run_dir)
     started = time.monotonic()
     model.train()
 
     def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
+        if deformation:
+            idx = batcher.shard.draw(batcher.rng)
+            with distributed.autocast(dev):
+                fields = ddp(torch.from_numpy(idx).to(dev))
+            return field_loss(fields.float(), [targets[int(i)] for i in idx]), {}
         idx, views = batcher.draw()
         loss, terms = training_step(ddp, loss_fn, objects, idx, views, config, dev, model.geometry)
         return loss, {**terms, **model.geometry.metrics()}
@@ -237,7 +254,9 @@ def _train(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig
     summary = {"run": str(run_dir), "step": step, "stopped_early": stopped, "loss": terms["loss"],
                "segments": len(paths), "device": str(dev), "processes": distributed.world_size(),
                "precision": distributed.precision(dev), "threads": threads,
-               "perceptual_loss": "on" if loss_fn.vgg is not None else "off (no VGG-19 weights file)",
+               "output": config.model.output,
+               **({} if loss_fn is None else
+                  {"perceptual_loss": "on" if loss_fn.vgg is not None else "off (no VGG-19 weights file)"}),
                "seconds": round(time.monotonic() - started, 1),
                "latent_shape": [config.model.latent_channels] + [config.model.latent_resolution] * 3,
                "latent_median_mean": float(stats["median"].mean()), "latent_iqr_mean": float(stats["iqr"].mean())}

@@ -49,9 +49,9 @@ class EDMTraining(nn.Module):
         super().__init__()
         self.model, self.p_mean, self.p_std = model, p_mean, p_std
 
-    def forward(self, y: torch.Tensor, blendshapes: torch.Tensor, identity_latent: torch.Tensor,
+    def forward(self, y: torch.Tensor, blendshapes: torch.Tensor, identity: torch.Tensor,
                 drop_expression: torch.Tensor, drop_identity: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(y, blendshapes, identity_latent, drop_expression, drop_identity,
+        return self.model.loss(y, blendshapes, identity, drop_expression, drop_identity,
                                p_mean=self.p_mean, p_std=self.p_std)
 
 
@@ -66,7 +66,7 @@ def diffusion_step(training: nn.Module, data: LatentSet, idx: np.ndarray, cfg: D
     drop_e, drop_i = ConditionDropout(tc.drop_expression, tc.drop_identity)(len(idx))
     with distributed.autocast(device):
         loss = training(data.latents[i].to(device), data.blendshapes[i].to(device),
-                        data.identity_latents(i).to(device), drop_e.to(device), drop_i.to(device))
+                        data.identity_inputs(i).to(device), drop_e.to(device), drop_i.to(device))
     return loss.mean()
 
 
@@ -111,8 +111,9 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
     data = load_latent_set(trained)
     c, r = data.latents.shape[1], data.latents.shape[-1]
     if not resume:
-        residuals = data.latents - data.identity_latents(torch.arange(len(data.names)))
-        config = config.for_latents(c, r, float(residuals.std()))
+        identity = data.identity_inputs(torch.arange(len(data.names)))
+        residual_std = float((data.latents - identity).std()) if identity.shape == data.latents.shape else 1.0
+        config = config.for_latents(c, r, residual_std, identity.shape[1])
         run = Run.create(run_dir, config)
         run.write_json(SEGMENTS_FILE, {"names": data.names, "autodecoder": str(Path(autodecoder_run).resolve())})
     if (config.denoiser.unet.in_channels, config.denoiser.unet.resolution) != (c, r):
@@ -123,6 +124,9 @@ def _train(autodecoder_run: Path | None, run_dir: Path, config: DiffusionConfig 
     model = ConditionalDenoiser(config.denoiser).to(dev)
     if init_from is not None and not resume:
         _init_weights(model, Path(init_from))
+    elif model.mean is not None and not resume:
+        model.mean.fit(model.diffused(data.latents, data.identity_inputs(torch.arange(len(data.names)))),
+                       data.blendshapes)
     average = WeightAverage(model, tc.ema_halflife_steps, tc.ema_rampup)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.betas[0], tc.betas[1]))
     rng = np.random.default_rng(tc.seed)

@@ -1,0 +1,173 @@
+"""Stage 1 of a deformation autodecoder: every expression segment as a field of its subject's
+neutral scan, registered once, then learned by the autodecoder.
+
+Each training segment's target is the forward field that moves its subject's neutral scan (the
+neutral segment's fused ``mesh.ply``) into the segment's expression: with a face model
+(``registration.face_model``), the ICT rig fitted to the neutral scan and moved by the segment's
+recorded ARKit weights (:func:`facestudio.models.deformation.fit_field`), optionally refined onto
+the segment's own fused scan; without one, non-rigid ICP onto that scan
+(:func:`facestudio.models.deformation.register`). The neutral segment's own target is no motion. The autodecoder then fits
+embedding -> G1 -> latent -> G2 -> field to these targets with a squared error weighted to the
+voxels that move the scan (:func:`facestudio.models.deformation.surface_weight`).
+
+Registration is the slow part (seconds per segment on a CPU), so each target is cached in the run:
+
+    RUN/fields/NNNN.safetensors     field (3, R, R, R) cm, weight (R, R, R), for training segment NNNN
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open3d as o3d
+import torch
+from safetensors.torch import load_file, save_file
+
+from facestudio.dataset.segment import MESH_FILE, Segment
+from facestudio.models.deformation import (FIELD_UNIT_M, RegistrationConfig, fit_field, register,
+                                           surface_weight, vertex_normals)
+from facestudio.models.render import Box
+from facestudio.storage import writing
+
+log = logging.getLogger(__name__)
+
+FIELDS_DIR = "fields"
+
+
+@dataclass
+class FieldTarget:
+    field: torch.Tensor      # (3, R, R, R) centimetres (G2's unit)
+    weight: torch.Tensor     # (R, R, R)
+
+
+def load_scan(segment: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vertices (N, 3) float32 m, triangles (M, 3) int32, colors (N, 3) uint8) of a segment's fused
+    scan; a missing or empty mesh is a ValueError that says what to do."""
+    path = Path(segment) / MESH_FILE
+    if not path.is_file():
+        raise ValueError(f"{segment}: no fused scan ({MESH_FILE}); fuse the take again")
+    mesh = o3d.io.read_triangle_mesh(str(path))
+    if len(mesh.triangles) == 0:
+        raise ValueError(f"{path}: the fused scan is empty (nothing was observed often enough)")
+    colors = np.asarray(mesh.vertex_colors)
+    colors = (np.clip(colors, 0, 1) * 255).astype(np.uint8) if len(colors) else \
+        np.full((len(mesh.vertices), 3), 180, np.uint8)
+    return (np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.triangles, dtype=np.int32), colors)
+
+
+def neutral_segments(segments: list[Segment]) -> list[int]:
+    """Per segment, the index of its subject's neutral segment among ``segments`` (label
+    "neutral", else the subject's smallest blendshape norm - the rule of stage 2's identity).
+
+    A subject with no segment at all near neutral cannot be a deformation of its own neutral scan:
+    its expressions would be registered onto another face.
+    """
+    out = []
+    for seg in segments:
+        own = [i for i, s in enumerate(segments) if s.info.subject == seg.info.subject]
+        labelled = [i for i in own if segments[i].info.label == "neutral"]
+        if labelled:
+            out.append(labelled[0])
+            continue
+        best = min(own, key=lambda i: float(np.linalg.norm(segments[i].info.blendshapes)))
+        if float(np.max(np.abs(segments[best].info.blendshapes))) > 0.15:
+            raise ValueError(f"subject {seg.info.subject} has no neutral segment among the training segments; "
+                             "a deformation model moves each person's neutral scan (record or fuse a neutral take)")
+        out.append(best)
+    return out
+
+
+def prepare_targets(run_dir: Path, segments: list[Segment], items: list[int], box: Box, resolution: int,
+                    registration: RegistrationConfig,
+                    progress: Callable[[dict[str, Any]], None] | None = None) -> Mapping[int, FieldTarget]:
+    """The targets of the training segments at ``items`` (a process's shard), registering those not
+    cached in ``run_dir``."""
+    neutral_of = neutral_segments(segments)
+    scans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    rig = _Rig(registration.face_model) if registration.face_model else None
+
+    def scan(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if i not in scans:
+            scans[i] = load_scan(segments[i].path)
+        return scans[i]
+
+    targets: dict[int, FieldTarget] = {}
+    for done, i in enumerate(items):
+        path = Path(run_dir) / FIELDS_DIR / f"{i:04d}.safetensors"
+        if path.exists():
+            data = load_file(str(path))
+            targets[i] = FieldTarget(data["field"], data["weight"])
+            continue
+        neutral = scan(neutral_of[i])[0]
+        weight = surface_weight(neutral, box, resolution)
+        if neutral_of[i] == i:
+            field = torch.zeros(3, resolution, resolution, resolution)
+        else:
+            vertices, triangles, _ = scan(i)
+            initial = None
+            if rig is not None:
+                moved = rig.moved(neutral_of[i], scan(neutral_of[i]), segments[i].info.blendshapes)
+                initial = fit_field(neutral, moved - neutral, box, resolution, seed=registration.seed)
+            if initial is not None and registration.refine_steps == 0:
+                field = initial / FIELD_UNIT_M
+            else:
+                field = register(neutral, vertices, vertex_normals(vertices, triangles), box, resolution,
+                                 registration, initial) / FIELD_UNIT_M
+        targets[i] = FieldTarget(field, weight)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with writing(tmp):
+            save_file({"field": field.contiguous(), "weight": weight.contiguous()}, str(tmp))
+        tmp.replace(path)
+        log.info("registered %s onto its neutral (%d/%d)", segments[i].name, done + 1, len(items))
+        if progress is not None:
+            progress({"phase": "registering", "done": done + 1, "total": len(items)})
+    return targets
+
+
+class _Rig:
+    """The ICT face model fitted to each subject's neutral scan (once), moving it by ARKit weights."""
+
+    def __init__(self, path: str) -> None:
+        from facestudio.faces.ict import IctFaceModel
+
+        if not Path(path).is_file():
+            raise ValueError(f"registration.face_model: {path} does not exist (import one with "
+                             "`facestudio facemodel import-ict`, or set it to \"\" for ICP alone)")
+        self.model = IctFaceModel.load(Path(path))
+        self.fits: dict[int, Any] = {}
+
+    def moved(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray],
+              blendshapes: list[float]) -> np.ndarray:
+        from facestudio.faces.fit import fit_ict, transfer
+
+        if neutral not in self.fits:
+            self.fits[neutral] = fit_ict(self.model, scan[0], vertex_normals(scan[0], scan[1]))
+        return transfer(self.fits[neutral], scan[0], np.asarray(blendshapes, np.float32))
+
+
+def field_loss(fields: torch.Tensor, targets: list[FieldTarget]) -> torch.Tensor:
+    """Weighted mean squared error (cm^2) of decoded fields (B, 3, R, R, R) against their targets."""
+    target = torch.stack([t.field for t in targets]).to(fields)
+    weight = torch.stack([t.weight for t in targets]).to(fields)[:, None]
+    return (weight * (fields - target) ** 2).sum() / (3 * weight.sum())
+
+
+@torch.no_grad()
+def decoded_scan(trained: Any, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training segment ``index`` as a deformation autodecoder reproduces it: its subject's neutral
+    scan moved by the decoded field (the segment's minus the neutral's, so the neutral segment
+    gives its scan exactly)."""
+    from facestudio.models.deformation import deform
+
+    segments = [Segment(p) for p in trained.segment_paths]
+    neutral = neutral_segments(segments)[index]
+    decoded = trained.model(torch.tensor([index, neutral])) * FIELD_UNIT_M
+    vertices, triangles, colors = load_scan(segments[neutral].path)
+    box = Box(tuple(segments[index].info.box_center), segments[index].info.box_size)
+    return deform(vertices, decoded[0] - decoded[1], box), triangles, colors

@@ -1,0 +1,107 @@
+"""A deformation model end to end: synthetic segments -> stage 1 (registered fields) -> stage 2
+-> the person's own fused scan moved by the generated expression; and the errors a user meets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facestudio.models.config import AutodecoderConfig, ModelConfig, RegistrationConfig, TrainConfig
+
+
+FACE_MODEL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ict_facekit.npz"
+pytestmark = pytest.mark.skipif(not FACE_MODEL.is_file(), reason="needs ../shared/data/ict_facekit.npz (the rig "
+                                "that registers an opened jaw, and the faces)")
+
+
+def _segments(root: Path) -> tuple[Path, Path, np.ndarray]:
+    """ICT identity 0: its neutral and its jaw-open segment (with the weights)."""
+    from facestudio.capture.virtual.source import SyntheticFaceSource
+    from facestudio.models.synthetic_segments import write_synthetic_segment
+
+    source = SyntheticFaceSource.create(str(FACE_MODEL), seed=0)
+    segments = source.truth()["segments"]
+    jaw = next(k for k, s in enumerate(segments) if s["label"] == "jaw_open")
+    neutral = write_synthetic_segment(source, 0, root, None, views=10, image_size=48).train
+    opened = write_synthetic_segment(source, jaw, root, None, views=10, image_size=48).train
+    return neutral, opened, np.asarray(segments[jaw]["blendshapes"], np.float32)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from facestudio.models.train_autodecoder import train_autodecoder
+    from facestudio.models.train_diffusion import train_diffusion
+    from test_generation import small_diffusion
+
+    root = tmp_path_factory.mktemp("deform")
+    neutral, opened, weights = _segments(root / "train")
+    cfg = AutodecoderConfig(
+        preset="test", model=ModelConfig(embedding_dim=16, channels=[32, 16, 16], attention_resolutions=[8],
+                                         output="deformation", output_shuffle=2),
+        train=TrainConfig(objects_per_batch=2, lr=2e-3, embedding_lr=2e-2, log_every=10, checkpoint_every=1000),
+        registration=RegistrationConfig(face_model=str(FACE_MODEL))).validate()
+    train_autodecoder([neutral, opened], root / "autodecoder", cfg, "cpu", 300)
+    train_diffusion(root / "autodecoder", root / "diffusion", small_diffusion(), "cpu", 4)
+    return root, neutral, opened, weights
+
+
+def test_jaw_open_moves_the_persons_own_scan_down_at_the_chin(runs):
+    from facestudio.generation.generate import Generator
+    from facestudio.models.deformation_targets import load_scan
+
+    root, neutral, _, weights = runs
+    gen = Generator(root / "diffusion")
+    scan_v, scan_t, scan_c = load_scan(neutral)
+    vertices, triangles, colors = gen.generate(neutral, weights, quality="final")
+    assert vertices.shape == scan_v.shape and np.array_equal(triangles, scan_t) and np.array_equal(colors, scan_c)
+    # The chin: the scan's lowest front vertices; the jaw opens by ~1-2 cm there.
+    front = scan_v[:, 2] > np.quantile(scan_v[:, 2], 0.5)
+    chin = front & (scan_v[:, 1] < np.quantile(scan_v[front, 1], 0.05))
+    forehead = front & (scan_v[:, 1] > np.quantile(scan_v[front, 1], 0.9))
+    drop = (vertices - scan_v)[:, 1]
+    assert drop[chin].mean() < -0.004, drop[chin].mean()               # the chin goes down by millimetres
+    assert abs(drop[forehead].mean()) < 0.3 * abs(drop[chin].mean())   # the forehead stays
+    # The neutral expression gives exactly the scan (the anchored field is zero).
+    same, _, _ = gen.generate(neutral, np.zeros(52, np.float32), quality="preview")
+    np.testing.assert_allclose(same, scan_v, atol=1e-6)
+
+
+def test_stage1_reconstruction_scores_registered_and_decoded_fields(runs):
+    """The ceilings `eval expression` reports: the registered targets and what the decoder makes of
+    them, both applied to the neutral scan and scored against the exact expression mesh."""
+    from facestudio.generation.evaluate import stage1_reconstruction
+    from facestudio.models.train_autodecoder import load_trained
+
+    trained = load_trained(runs[0] / "autodecoder")
+    registered, decoded = stage1_reconstruction(trained, registered=True), stage1_reconstruction(trained)
+    assert registered["segments"] == decoded["segments"] == 1      # the jaw-open segment vs its neutral
+    assert registered["true_motion_mm"] > 0.5, registered             # mean over the whole face
+    assert registered["autodecoder_expression_mm"] < 0.6 * registered["neutral_expression_mm"], registered
+    assert decoded["autodecoder_expression_mm"] < registered["neutral_expression_mm"], decoded
+
+
+def test_a_person_without_a_neutral_segment_is_refused_clearly(runs, tmp_path):
+    """A new person given by an expression segment: there is no neutral scan to move."""
+    import shutil
+
+    from facestudio.generation.generate import Generator
+
+    root, _, opened, weights = runs
+    stranger = shutil.copytree(opened, tmp_path / "someone" / "take" / opened.name)
+    gen = Generator(root / "diffusion")
+    with pytest.raises(ValueError, match="not a neutral face"):
+        gen.generate(stranger, weights)
+    # a training segment stands for its person, whose neutral the model knows
+    assert len(gen.generate(opened, weights, quality="preview")[0]) == len(gen.person_scan(opened)[0])
+
+
+def test_training_a_subject_without_neutral_is_refused_before_registration(runs, tmp_path):
+    from facestudio.models.train_autodecoder import train_autodecoder
+
+    root, _, opened, _ = runs
+    cfg = AutodecoderConfig(preset="test", model=ModelConfig(channels=[32, 16, 16], attention_resolutions=[8],
+                                                             output="deformation")).validate()
+    with pytest.raises(ValueError, match="neutral"):
+        train_autodecoder([opened], tmp_path / "ad", cfg, "cpu", 1)
