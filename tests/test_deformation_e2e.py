@@ -105,3 +105,17 @@ def test_training_a_subject_without_neutral_is_refused_before_registration(runs,
                                                              output="deformation")).validate()
     with pytest.raises(ValueError, match="neutral"):
         train_autodecoder([opened], tmp_path / "ad", cfg, "cpu", 1)
+
+
+def test_bench_generate_times_a_new_person_and_meshes_at_the_scans_resolution(runs, capsys):
+    import json
+
+    from facestudio.cli.main import main
+    from facestudio.models.deformation_targets import load_scan
+
+    root, neutral, _, _ = runs
+    assert main(["bench", "generate", "--model", str(root / "diffusion"), "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    vertices = len(load_scan(neutral)[0])
+    assert result["new_person"]["scan_vertices"] == vertices and result["new_person"]["seconds"] > 0
+    assert result["preview"]["vertices"] == result["final"]["vertices"] == vertices

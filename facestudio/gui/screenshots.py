@@ -7,7 +7,9 @@ painted over its place in the grab.
 The Library is shown with real content: the screenshot waits for the panel's background
 read of the library, then shows a fused segment (mesh in the viewport, quality report) and,
 in a second picture, a take. Train waits for its run list and preview render; Generate for
-a generated mesh, then applies the "smile" preset and waits for that mesh.
+a generated mesh, then applies the "surprise" preset (the expression the tour's library
+records besides neutral: a model moves a face only in ways its training data showed) and
+waits for that mesh.
 """
 
 from __future__ import annotations
@@ -79,10 +81,11 @@ def _generate_views(window: MainWindow) -> list[tuple[str, Callable[[], None]]]:
     _wait(lambda: panel.result is not None or panel.banner.kind() == "error", timeout_s=120)
     if panel.result is None:
         return [("", lambda: None)]
-    smile = next((i for i in range(panel.preset_combo.count()) if panel.preset_combo.itemData(i) == "smile"), None)
-    if smile is not None:
+    preset = next((i for i in range(panel.preset_combo.count()) if panel.preset_combo.itemData(i) == "surprise"),
+                  None)
+    if preset is not None:
         shown = panel.result
-        panel._preset_chosen(smile)
+        panel._preset_chosen(preset)
         _wait(lambda: panel.result is not shown and not panel.worker.busy(), timeout_s=120)
     return [("", lambda: None)]
 

@@ -34,7 +34,8 @@ from facestudio.settings import current_settings, with_settings_vgg19
 
 TITLES = {"autodecoder": "1 · Autodecoder", "diffusion": "2 · Diffusion model"}
 PURPOSE = {
-    "autodecoder": "Learns one latent volume per fused segment and a decoder to a colored 3D field.",
+    "autodecoder": "Learns one latent volume per fused segment and a decoder from it to the expression, "
+                   "as a deformation of the person's neutral scan (radiance presets: a colored 3D field).",
     "diffusion": "Learns to generate those latent volumes from a person's neutral face and an expression.",
 }
 PREVIEW_SIZE = 128
