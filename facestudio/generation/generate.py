@@ -100,6 +100,8 @@ class Generator:
 
     def _neutral_segment(self, key: str) -> Path:
         """The neutral segment folder of a subject, training segment or segment folder."""
+        from facestudio.models.deformation_targets import is_neutral
+
         if key in self.data.subjects:
             return self.autodecoder.segment_paths[self.data.identity_index[self.data.subjects.index(key)]]
         index = self.autodecoder.index_of(key)
@@ -111,7 +113,7 @@ class Generator:
             raise ValueError(f"--person {key!r} is neither a subject of the model ({subjects}), "
                              "a training segment, nor a segment folder")
         info = Segment(path).info
-        if info.label != "neutral" and float(np.max(np.abs(info.blendshapes), initial=0.0)) > 0.15:
+        if info.label != "neutral" and not is_neutral(info.blendshapes):
             raise ValueError(f"{path} holds the expression {info.label!r}, not a neutral face: a person is "
                              "generated from their neutral segment (record or fuse a neutral take)")
         return path

@@ -111,7 +111,6 @@ class TrainConfig:
     lr: float = 5e-4                    # Adam, as in the paper
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     embedding_lr: float = 5e-3          # autodecoder codes see one object each: a larger step helps
-    embedding_l2: float = 0.0           # L2 code prior (DeepSDF's), as Adam weight decay on the codes
     objects_per_batch: int = 4
     views_per_object: int = 2           # the paper uses 4
     max_steps: int = 2000
@@ -129,7 +128,6 @@ class TrainConfig:
                      "log_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         _check(self.num_threads >= 0, "train.num_threads", "must be >= 0")
-        _check(self.embedding_l2 >= 0, "train.embedding_l2", "must be >= 0")
 
 
 @dataclass

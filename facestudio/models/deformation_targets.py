@@ -37,6 +37,7 @@ from facestudio.storage import writing
 log = logging.getLogger(__name__)
 
 FIELDS_DIR = "fields"
+NEUTRAL_MAX_WEIGHT = 0.15    # a segment with every blendshape weight at most this is a neutral face
 
 
 @dataclass
@@ -60,6 +61,10 @@ def load_scan(segment: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.triangles, dtype=np.int32), colors)
 
 
+def is_neutral(blendshapes: list[float]) -> bool:
+    return float(np.max(np.abs(blendshapes), initial=0.0)) <= NEUTRAL_MAX_WEIGHT
+
+
 def neutral_segments(segments: list[Segment]) -> list[int]:
     """Per segment, the index of its subject's neutral segment among ``segments`` (label
     "neutral", else the subject's smallest blendshape norm - the rule of stage 2's identity).
@@ -75,7 +80,7 @@ def neutral_segments(segments: list[Segment]) -> list[int]:
             out.append(labelled[0])
             continue
         best = min(own, key=lambda i: float(np.linalg.norm(segments[i].info.blendshapes)))
-        if float(np.max(np.abs(segments[best].info.blendshapes))) > 0.15:
+        if not is_neutral(segments[best].info.blendshapes):
             raise ValueError(f"subject {seg.info.subject} has no neutral segment among the training segments; "
                              "a deformation model moves each person's neutral scan (record or fuse a neutral take)")
         out.append(best)

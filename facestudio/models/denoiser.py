@@ -6,6 +6,12 @@ is the person's neutral latent in the same normalised space (radiance autodecode
 person's fused neutral scan as a volume on the latent's grid (deformation autodecoders,
 :func:`facestudio.models.deformation.identity_volume`).
 
+With ``linear_mean`` (the tiny preset) the denoiser is D = m(e) + D_unet(x - m(e)), m a linear
+function of the blendshapes initialised by ridge regression on the training latents
+(:class:`ExpressionMean`): measured, the U-Net alone learned nothing from a few hundred
+deformation latents in 800 steps (loss ~1, expressions worse than none) and with m the
+expression error fell 65% below the unchanged scan (BENCHMARKS.md, issue 14).
+
 What is diffused (``target``): the expression latent itself, as in 3DVADER (both presets), or
 its *residual* from the person's neutral latent, which the sampler adds back (EDM's sigma_data is
 then the residuals' own standard deviation, filled in from the training data). The residual looks

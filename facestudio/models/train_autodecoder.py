@@ -3,10 +3,10 @@
 Radiance output (``model.output = "radiance"``, 3DVADER): each step draws ``objects_per_batch``
 segments and ``views_per_object`` of their views (4 in the paper), decodes every drawn object's
 embedding to its grid, renders full views and takes the losses of :mod:`facestudio.models.losses`.
-Deformation output (the presets): each segment's target is its subject's neutral scan registered
-onto the segment's fused scan (:mod:`facestudio.models.deformation_targets`, cached in
-``RUN/fields/``), and a step decodes the drawn objects' fields against their targets. Embeddings and decoder train jointly (autodecoding,
-no encoder). After training, G1 maps every embedding to its latent volume and the robust
+Deformation output (the presets): each segment's target is the field that moves its subject's
+neutral scan into the segment's expression (:mod:`facestudio.models.deformation_targets`: the ICT
+rig or ICP; cached in ``RUN/fields/``), and a step decodes the drawn objects' fields against
+their targets. Embeddings and decoder train jointly (autodecoding, no encoder). After training, G1 maps every embedding to its latent volume and the robust
 per-channel statistics (median, IQR) that stage 2 normalises with are stored in the run.
 Under torchrun the objects are sharded over the processes (:mod:`facestudio.models.distributed`).
 
@@ -221,8 +221,7 @@ def _train(segments: list[Path] | None, run_dir: Path, config: AutodecoderConfig
     torch.manual_seed(tc.seed)
     model = Autodecoder(config.model, len(paths)).to(dev)
     optimizer = torch.optim.Adam([{"params": model.decoder_parameters(), "lr": tc.lr},
-                                  {"params": model.embeddings.parameters(), "lr": tc.embedding_lr,
-                                   "weight_decay": tc.embedding_l2}],
+                                  {"params": model.embeddings.parameters(), "lr": tc.embedding_lr}],
                                  betas=(tc.betas[0], tc.betas[1]))
     loss_fn = None if deformation else AutodecoderLoss(config.loss, config.model.geometry).to(dev)
     batcher = Batcher(objects if not deformation else {}, shard, tc.views_per_object, tc.seed)
