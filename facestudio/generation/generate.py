@@ -98,20 +98,28 @@ class Generator:
         self.person_identity(person)
         return self._scans[str(person)]
 
+    def _training_index(self, key: str) -> int | None:
+        """The training segment that stands for ``key`` - a subject's neutral or a training segment -
+        else None when ``key`` is a segment folder; anything else is a ValueError."""
+        if key in self.data.subjects:
+            return self.data.identity_index[self.data.subjects.index(key)]
+        index = self.autodecoder.index_of(key)
+        if index is not None:
+            return index
+        if not (Path(key) / "segment.json").is_file():
+            subjects = ", ".join(sorted(set(self.data.subjects)))
+            raise ValueError(f"--person {key!r} is neither a subject of the model ({subjects}), "
+                             "a training segment, nor a segment folder")
+        return None
+
     def _neutral_segment(self, key: str) -> Path:
         """The neutral segment folder of a subject, training segment or segment folder."""
         from facestudio.models.deformation_targets import is_neutral
 
-        if key in self.data.subjects:
-            return self.autodecoder.segment_paths[self.data.identity_index[self.data.subjects.index(key)]]
-        index = self.autodecoder.index_of(key)
+        index = self._training_index(key)
         if index is not None:
             return self.autodecoder.segment_paths[self.data.identity_index[index]]
         path = Path(key)
-        if not (path / "segment.json").is_file():
-            subjects = ", ".join(sorted(set(self.data.subjects)))
-            raise ValueError(f"--person {key!r} is neither a subject of the model ({subjects}), "
-                             "a training segment, nor a segment folder")
         info = Segment(path).info
         if info.label != "neutral" and not is_neutral(info.blendshapes):
             raise ValueError(f"{path} holds the expression {info.label!r}, not a neutral face: a person is "
@@ -127,18 +135,12 @@ class Generator:
         return identity_volume(scan[0], scan[1], self.box, self.autodecoder.config.model.latent_resolution)
 
     def _resolve(self, key: str) -> torch.Tensor:
-        if key in self.data.subjects:
-            return self.data.identity_of(key)
-        index = self.autodecoder.index_of(key)
+        from facestudio.models.encode import encode_segment, encoded_path
+
+        index = self._training_index(key)
         if index is not None:
             return self.data.latents[index]
         path = Path(key)
-        if not (path / "segment.json").is_file():
-            subjects = ", ".join(sorted(set(self.data.subjects)))
-            raise ValueError(f"--person {key!r} is neither a subject of the model ({subjects}), "
-                             "a training segment, nor a segment folder")
-        from facestudio.models.encode import encode_segment, encoded_path
-
         cached = encoded_path(self.autodecoder, path)
         if not cached.exists():
             log.info("%s is a new person: encoding its neutral segment (decoder frozen)", path)
