@@ -123,3 +123,70 @@ def test_ict_fit_recovers_an_ict_identity():
     moved = transfer(fit, scan[face_region], jaw)
     truth = face.vertices(jaw)[face_region]
     assert np.linalg.norm(moved - truth, axis=1).mean() < 5e-4
+
+
+def test_a_field_in_a_template_frame_is_read_at_its_coordinates_and_turned_into_scan_axes():
+    """deform with a frame: the field is looked up at the frame's coordinates, not the vertices,
+    and its displacement rotated by the frame (a constant field is then the rotated shift)."""
+    from facestudio.models.template_frame import TemplateFrame
+
+    vertices, _ = _sphere()
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)   # 90 deg about z
+    coords = (vertices[::-1] * 0.5).astype(np.float32)                # any other places in the box
+    frame = TemplateFrame(coords, rotation)
+    shift = deform(vertices, _affine_field(8, np.zeros((3, 3)), np.array([0.01, 0.0, 0.0])), BOX, frame)
+    np.testing.assert_allclose(shift - vertices, np.tile([0.0, 0.01, 0.0], (len(vertices), 1)), atol=1e-7)
+    matrix = np.diag([0.02, -0.01, 0.03])
+    moved = deform(vertices, _affine_field(32, matrix, np.zeros(3)), BOX, frame)
+    np.testing.assert_allclose(moved - vertices, (coords.astype(np.float64) @ matrix.T) @ rotation.T, atol=2e-7)
+
+
+@pytest.mark.skipif(not FACE_MODEL.is_file(), reason="needs ../shared/data/ict_facekit.npz (the ICT face model)")
+def test_a_template_frame_field_carries_one_persons_jaw_opening_to_another():
+    """The reason for the template frame: a jawOpen field fitted on one ICT identity moves another
+    identity as its own rig does (ICT's expressions do not depend on the identity), where the
+    same field in the head frame is off by several times more - and the open-jaw template separates the
+    lips, so even the person's own jaw opening is reproduced far better than in the head frame."""
+    from facestudio.faces.arkit import BLENDSHAPE_INDEX
+    from facestudio.faces.fit import SCAN_REGIONS, fit_ict, transfer
+    from facestudio.faces.ict import IctFaceModel
+    from facestudio.models.deformation import fit_field
+    from facestudio.models.template_frame import frame_of
+
+    model = IctFaceModel.load(FACE_MODEL)
+    tris = model.triangles_in(*SCAN_REGIONS)
+    face = model.region_mask("narrow_face")
+    jaw = np.zeros(52, np.float32)
+    jaw[BLENDSHAPE_INDEX["jawOpen"]] = 0.8
+    people = []
+    for seed in (1, 2):
+        identity = np.random.default_rng(seed).normal(0, 0.7, model.num_identities).astype(np.float32)
+        scan = model.bind(identity).vertices(np.zeros(52))
+        fit = fit_ict(model, scan, vertex_normals(scan, tris))
+        people.append((scan, frame_of(fit, scan), transfer(fit, scan, jaw) - scan))
+    (scan_a, frame_a, motion_a), (scan_b, frame_b, motion_b) = people
+    head = fit_field(scan_a, motion_a, BOX)
+    template = fit_field(frame_a.coords, motion_a @ frame_a.rotation, BOX)
+    error = lambda moved, scan, motion: np.linalg.norm(moved - scan - motion, axis=1)[face].mean()  # noqa: E731
+    carried = error(deform(scan_b, template, BOX, frame_b), scan_b, motion_b)
+    assert carried < 3e-4
+    assert error(deform(scan_b, head, BOX), scan_b, motion_b) > 3 * carried
+    assert error(deform(scan_a, template, BOX, frame_a), scan_a, motion_a) < \
+        0.5 * error(deform(scan_a, head, BOX), scan_a, motion_a)
+
+
+@pytest.mark.skipif(not FACE_MODEL.is_file(), reason="needs ../shared/data/ict_facekit.npz (the ICT face model)")
+def test_eval_frame_reports_each_frames_ceiling_and_transfer(capsys):
+    import json
+
+    from facestudio.cli.main import main
+
+    assert main(["eval", "frame", "--identities", "2", "--face-model", str(FACE_MODEL), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    mean = result["mean"]
+    assert result["pairs"] == 16 and set(result["per_expression"]) >= {"jaw_open", "smile"}
+    assert mean["template_jaw_open_other_mm"] < 0.5 * mean["head_other_mm"]
+    assert result["per_expression"]["jaw_open"]["template_jaw_open_own_mm"] < \
+        result["per_expression"]["jaw_open"]["template_neutral_own_mm"]
+    assert main(["eval", "frame", "--identities", "1", "--face-model", str(FACE_MODEL)]) != 0
+    assert "--identities must be >= 2" in capsys.readouterr().err

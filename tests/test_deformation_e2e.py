@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
         preset="test", model=ModelConfig(embedding_dim=16, channels=[32, 16, 16], attention_resolutions=[8],
                                          output="deformation", output_shuffle=2),
         train=TrainConfig(objects_per_batch=2, lr=2e-3, embedding_lr=2e-2, log_every=10, checkpoint_every=1000),
-        registration=RegistrationConfig(face_model=str(FACE_MODEL))).validate()
+        registration=RegistrationConfig(face_model=str(FACE_MODEL), template_frame=True)).validate()
     train_autodecoder([neutral, opened], root / "autodecoder", cfg, "cpu", 300)
     train_diffusion(root / "autodecoder", root / "diffusion", small_diffusion(), "cpu", 4)
     return root, neutral, opened, weights
@@ -119,3 +119,26 @@ def test_bench_generate_times_a_new_person_and_meshes_at_the_scans_resolution(ru
     vertices = len(load_scan(neutral)[0])
     assert result["new_person"]["scan_vertices"] == vertices and result["new_person"]["seconds"] > 0
     assert result["preview"]["vertices"] == result["final"]["vertices"] == vertices
+
+
+def test_a_new_persons_scan_is_fitted_into_the_template_frame_as_training_subjects_are(runs, tmp_path):
+    """A person the model never saw gets their template frame from a face-model fit of their
+    scan: the same scan in a new folder generates the same mesh as the training subject."""
+    import shutil
+
+    from facestudio.dataset.segment import MESH_FILE, SEGMENT_FILE, Segment
+    from facestudio.generation.generate import Generator
+    from facestudio.models.deformation_targets import load_scan
+
+    root, neutral, _, weights = runs
+    person = tmp_path / neutral.name
+    person.mkdir()
+    for name in (SEGMENT_FILE, MESH_FILE):
+        shutil.copy2(neutral / name, person / name)
+    gen = Generator(root / "diffusion")
+    known = gen.generate(Segment(neutral).info.subject, weights, quality="final")
+    new = gen.generate(str(person), weights, quality="final")
+    frame = gen.person_frame(str(person))
+    assert frame is not None and frame.coords.shape == (len(new[0]), 3)
+    np.testing.assert_allclose(new[0], known[0], atol=2e-5)
+    assert np.abs(new[0] - load_scan(neutral)[0]).max() > 1e-3        # and it does move the scan

@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_json_flag(q)
     q.set_defaults(func=run_eval_autodecoder)
 
+    q = group(sub, common, "eval").add_parser(
+        "frame", parents=[common], help="which frame a deformation field is read in: each representation's own "
+                                        "ceiling and its transfer to another ICT identity")
+    q.add_argument("--identities", type=int, default=3, help="ICT identities, each paired with the next (default 3)")
+    q.add_argument("--face-model", metavar="PATH", help="ICT face model .npz (default: LIBRARY/facemodels/ict_facekit.npz)")
+    add_json_flag(q)
+    q.set_defaults(func=run_eval_frame)
+
     q = group(sub, common, "bench").add_parser(
         "train", parents=[common], help="autodecoder training speed (steps/s, rays/s) for the tiny and paper presets")
     q.add_argument("--steps", type=int, default=10, help="timed tiny steps (default 10; paper runs 2)")
@@ -51,6 +59,17 @@ def default_face_model(library: str | None) -> str | None:
 
     path = library_root(library) / "facemodels" / "ict_facekit.npz"
     return str(path) if path.exists() else None
+
+
+def run_eval_frame(args: argparse.Namespace) -> dict[str, Any]:
+    from facestudio.models.evaluate_frame import evaluate_frames
+
+    face_model = args.face_model or default_face_model(args.library)
+    if face_model is None or not Path(face_model).is_file():
+        raise ValueError("eval frame needs the ICT face model (--face-model PATH, or `facestudio facemodel import-ict`)")
+    if args.identities < 2:
+        raise ValueError("--identities must be >= 2")
+    return evaluate_frames(face_model, args.identities)
 
 
 def run_eval_autodecoder(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import numpy as np
 import open3d as o3d
 from scipy.spatial import cKDTree
 
+from facestudio.faces.arkit import NUM_BLENDSHAPES
 from facestudio.faces.ict import CM_TO_M, IctFaceModel, _apply_arkit
 
 #: Regions whose surface a fused TrueDepth scan holds (skin and the visible eyeballs).
@@ -98,17 +99,27 @@ def fit_ict(model: IctFaceModel, scan_vertices: np.ndarray, scan_normals: np.nda
     return IctFit(model, w.astype(np.float32), rot, trans, rms)
 
 
-def transfer(fit: IctFit, scan_vertices: np.ndarray, blendshapes: np.ndarray) -> np.ndarray:
-    """The scan's vertices moved by the fitted model's expression displacement (closest-point
-    transfer from the fitted neutral's scan-visible surface)."""
-    neutral = fit.vertices(np.zeros_like(blendshapes))
-    moved = fit.vertices(blendshapes)
+def correspondence(fit: IctFit, scan_vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each scan vertex's closest point on the fitted neutral's scan-visible surface: (triangles
+    (N, 3) model vertex indices, barycentric weights (N, 3), closest points (N, 3) m)."""
+    neutral = fit.vertices(np.zeros(NUM_BLENDSHAPES, np.float32))
     tris = fit.model.triangles_in(*SCAN_REGIONS)
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(neutral), o3d.core.Tensor(tris.astype(np.uint32)))
     ans = scene.compute_closest_points(o3d.core.Tensor(scan_vertices.astype(np.float32)))
-    prim, uv = ans["primitive_ids"].numpy(), ans["primitive_uvs"].numpy()
-    t = tris[prim]
-    disp = moved - neutral
-    u, v = uv[:, :1], uv[:, 1:2]
-    return (scan_vertices + (1 - u - v) * disp[t[:, 0]] + u * disp[t[:, 1]] + v * disp[t[:, 2]]).astype(np.float32)
+    uv = ans["primitive_uvs"].numpy()
+    weights = np.concatenate([1 - uv.sum(axis=1, keepdims=True), uv], axis=1)
+    return tris[ans["primitive_ids"].numpy()], weights.astype(np.float32), ans["points"].numpy()
+
+
+def at(values: np.ndarray, triangles: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-vertex ``values`` (V, 3) interpolated at barycentric points (triangles, weights)."""
+    return np.einsum("nk,nkc->nc", weights, values[triangles])
+
+
+def transfer(fit: IctFit, scan_vertices: np.ndarray, blendshapes: np.ndarray) -> np.ndarray:
+    """The scan's vertices moved by the fitted model's expression displacement (closest-point
+    transfer from the fitted neutral's scan-visible surface)."""
+    triangles, weights, _ = correspondence(fit, scan_vertices)
+    disp = fit.vertices(blendshapes) - fit.vertices(np.zeros_like(blendshapes))
+    return (scan_vertices + at(disp, triangles, weights)).astype(np.float32)

@@ -6,15 +6,19 @@ identities contribute every expression except one held-out (identity, expression
 held-out identities contribute only their neutral segment. Every method moves the person's
 *fused neutral scan* (what the Library shows) and is scored against the exact mesh:
 
-- ours: the diffusion model's field for (person, expression) (:meth:`Generator.field`);
+- ours: the diffusion model's field for (person, expression) (:meth:`Generator.field`), read in
+  the model's frame (the template frame of the person's fitted face model, for the presets);
 - (a) the scan unchanged;
-- (b) the training sample nearest in blendshape space, its decoded field (minus its subject's
-  neutral field) carried over;
+- (b) the training sample nearest in blendshape space, its registered motion as a head-frame
+  field carried over;
 - (c) a conventional 3DMM: the ICT identity and pose fitted to the scan, its expression
   blendshapes carried to the scan (:mod:`facestudio.faces.fit`) - close to an oracle on ICT faces,
   which *are* that model;
-- (d) a linear per-blendshape field model, least squares on the training identities' decoded
-  fields (one field per ARKit weight, ridge-regularised).
+- (d) a linear per-blendshape field model, least squares on the training identities' registered
+  head-frame fields (one field per ARKit weight, ridge-regularised);
+- and, for a template-frame model, ``linear_template``: (d) fitted to the model's own decoded
+  fields in its frame - not a baseline of the issue, but what tells the diffusion model's share
+  from the frame's.
 
 Expression error (mm): from each true-neutral face vertex a ray along its normal measures how far
 the surface moved between the person's scan and the method's result (signed), against the true
@@ -40,8 +44,8 @@ import torch
 
 from facestudio.capture.virtual.source import SyntheticFaceSource
 from facestudio.generation.generate import Generator, Mesh
-from facestudio.models.deformation import FIELD_UNIT_M, deform, vertex_normals
-from facestudio.models.deformation_targets import load_scan, neutral_segments
+from facestudio.models.deformation import FIELD_UNIT_M, deform, displacements, fit_field, vertex_normals
+from facestudio.models.deformation_targets import load_scan, neutral_segments, run_frame, target_path, uses_template_frame
 from facestudio.models.evaluate import mesh_distance_mm
 from facestudio.models.synthetic_segments import load_truth, write_synthetic_segment
 from facestudio.models.train_autodecoder import TrainedAutodecoder
@@ -51,7 +55,7 @@ OWN_VERTEX_M = 5e-4         # a ray whose first true-neutral hit is farther from
 SCAN_NEAR_M = 0.003         # the person's scan must meet the ray this close to the true neutral
 ERROR_CAP_M = 0.010         # a ray's error counts at most this much (and this much where it misses)
 HELDOUT_SEED = 500          # held-out identities use seeds 500, 501, ... (training: 0, 1, ...)
-METHODS = ("ours", "neutral", "nearest_transfer", "ict_fit", "linear")
+METHODS = ("ours", "neutral", "nearest_transfer", "ict_fit", "linear", "linear_template")
 
 
 @dataclass
@@ -136,24 +140,28 @@ def score_meshes(pair: Pair, scan: Mesh, results: dict[str, Mesh]) -> dict[str, 
 
 
 class Baselines:
-    """(b), (c) and (d) for one deformation model: the training fields it decodes, the linear
-    model fitted on them, and ICT fits of each person's scan (cached)."""
+    """(b), (c) and (d) for one deformation model, and its own frame's linear model.
+
+    (b) and (d) work in the head frame, as a method without a face model must: from each training
+    segment's *registered* target (what stage 1 was given, so the autodecoder's decoding loss does
+    not handicap them), as the head-frame field that moves its subject's scan the same way. With a
+    template-frame model, ``linear_template`` is (d) fitted on the model's own decoded fields in
+    that frame: what the diffusion model adds beyond a linear map from the weights."""
 
     def __init__(self, gen: Generator, face_model: str | None, ridge: float = 1e-2) -> None:
         from facestudio.dataset.segment import Segment
 
         self.gen = gen
-        data = gen.data
-        fields = torch.stack([gen.decode_field(z) for z in data.latents])
-        segments = [Segment(p) for p in gen.autodecoder.segment_paths]
+        ad = gen.autodecoder
+        segments = [Segment(p) for p in ad.segment_paths]
         neutral = neutral_segments(segments)
-        self.changes = fields - fields[neutral]                          # each training change, metres
-        flat = self.changes.reshape(len(fields), -1).double()
-        b = data.blendshapes.double()
-        # Ridge least squares: one field per ARKit weight; the prompts move several weights together,
-        # so the unregularised system is singular.
-        self.linear = torch.linalg.solve(b.T @ b + ridge * torch.eye(b.shape[1], dtype=b.dtype), b.T @ flat)
-        self.linear = self.linear.float().reshape(b.shape[1], *fields.shape[1:])
+        self.changes = torch.stack([self._head_frame_change(k, neutral[k], segments) for k in range(len(segments))])
+        blendshapes = gen.data.blendshapes
+        self.linear = _ridge(blendshapes, self.changes, ridge)
+        self.linear_template = None
+        if uses_template_frame(ad.config.registration):
+            decoded = torch.stack([gen.decode_field(z) for z in gen.data.latents])
+            self.linear_template = _ridge(blendshapes, decoded - decoded[neutral], ridge)
         self.model = None
         if face_model is not None:
             from facestudio.faces.ict import IctFaceModel
@@ -161,13 +169,26 @@ class Baselines:
             self.model = IctFaceModel.load(face_model)
         self._fits: dict[str, Any] = {}
 
+    def _head_frame_change(self, k: int, neutral: int, segments: list[Any]) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        ad = self.gen.autodecoder
+        field = load_file(str(target_path(ad.run_dir, k)))["field"] * FIELD_UNIT_M
+        frame = run_frame(ad.run_dir, ad.config.registration, neutral)
+        if frame is None or k == neutral:
+            return field if k != neutral else torch.zeros_like(field)
+        scan = load_scan(segments[neutral].path)[0]
+        motion = displacements(field, torch.from_numpy(scan), self.gen.box, frame).numpy()
+        return fit_field(scan, motion, self.gen.box, field.shape[-1])
+
     def nearest(self, blendshapes: np.ndarray) -> tuple[int, torch.Tensor]:
         data = self.gen.data
         i = int(torch.cdist(torch.from_numpy(blendshapes)[None], data.blendshapes)[0].argmin())
         return i, self.changes[i]
 
-    def linear_field(self, blendshapes: np.ndarray) -> torch.Tensor:
-        return torch.einsum("k,kcdhw->cdhw", torch.from_numpy(blendshapes).float(), self.linear)
+    def linear_field(self, blendshapes: np.ndarray, template: bool = False) -> torch.Tensor:
+        basis = self.linear_template if template else self.linear
+        return torch.einsum("k,kcdhw->cdhw", torch.from_numpy(blendshapes).float(), basis)
 
     def ict_fit(self, person: str, scan: Mesh, blendshapes: np.ndarray) -> np.ndarray | None:
         from facestudio.faces.fit import fit_ict, transfer
@@ -179,14 +200,25 @@ class Baselines:
         return transfer(self._fits[person], scan[0], blendshapes)
 
 
+def _ridge(blendshapes: torch.Tensor, fields: torch.Tensor, ridge: float) -> torch.Tensor:
+    """(52, 3, R, R, R): one field per ARKit weight, ridge least squares (the prompts move several
+    weights together, so the unregularised system is singular)."""
+    b, flat = blendshapes.double(), fields.reshape(len(fields), -1).double()
+    solved = torch.linalg.solve(b.T @ b + ridge * torch.eye(b.shape[1], dtype=b.dtype), b.T @ flat)
+    return solved.float().reshape(b.shape[1], *fields.shape[1:])
+
+
 def score_pair(gen: Generator, baselines: Baselines, pair: Pair, seed: int = 0) -> dict[str, Any]:
     """Every method's expression error and surface distance for one held-out pair."""
     identity = gen.person_identity(pair.person)
     scan = gen.person_scan(pair.person)
     nearest, change = baselines.nearest(pair.blendshapes)
-    moved_by = lambda field: (deform(scan[0], field, gen.box), scan[1], scan[2])  # noqa: E731
-    results = {"ours": moved_by(gen.field(identity, pair.blendshapes, seed)), "neutral": scan,
+    frame = gen.person_frame(pair.person)
+    moved_by = lambda field, f=None: (deform(scan[0], field, gen.box, f), scan[1], scan[2])  # noqa: E731
+    results = {"ours": moved_by(gen.field(identity, pair.blendshapes, seed), frame), "neutral": scan,
                "nearest_transfer": moved_by(change), "linear": moved_by(baselines.linear_field(pair.blendshapes))}
+    if baselines.linear_template is not None:
+        results["linear_template"] = moved_by(baselines.linear_field(pair.blendshapes, template=True), frame)
     fitted = baselines.ict_fit(pair.person, scan, pair.blendshapes)
     if fitted is not None:
         results["ict_fit"] = (fitted, scan[1], scan[2])
@@ -203,7 +235,6 @@ def stage1_reconstruction(trained: TrainedAutodecoder, registered: bool = False)
     applied to its scan and scored like a generated pair. A generator can hardly beat the decoder
     reproducing the very segments it was fitted to."""
     from facestudio.dataset.segment import Segment
-    from facestudio.models.deformation_targets import FIELDS_DIR
     from facestudio.models.render import Box
     from safetensors.torch import load_file
 
@@ -217,7 +248,7 @@ def stage1_reconstruction(trained: TrainedAutodecoder, registered: bool = False)
         if neutral[k] == k or truth is None or neutral_truth is None:
             continue
         if registered:
-            field = load_file(str(trained.run_dir / FIELDS_DIR / f"{k:04d}.safetensors"))["field"] * FIELD_UNIT_M
+            field = load_file(str(target_path(trained.run_dir, k)))["field"] * FIELD_UNIT_M
         else:
             decoded = model(torch.tensor([k, neutral[k]])) * FIELD_UNIT_M
             field = decoded[0] - decoded[1]
@@ -225,7 +256,8 @@ def stage1_reconstruction(trained: TrainedAutodecoder, registered: bool = False)
         pair = Pair("train_identity", seg.info.subject, seg.info.label, np.asarray(seg.info.blendshapes, np.float32),
                     neutral_truth["vertices"], truth["vertices"], truth["triangles"],
                     neutral_truth["face_vertex_mask"].astype(bool))
-        rows.append(score_meshes(pair, scan, {"autodecoder": (deform(scan[0], field, box), scan[1], scan[2]),
+        frame = run_frame(trained.run_dir, trained.config.registration, neutral[k])
+        rows.append(score_meshes(pair, scan, {"autodecoder": (deform(scan[0], field, box, frame), scan[1], scan[2]),
                                               "neutral": scan}))
     mean = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0] if k.endswith("_mm")} if rows else {}
     return {"segments": len(rows), **mean}
@@ -266,14 +298,19 @@ def goals(summary: dict[str, Any]) -> dict[str, bool]:
     do not overlap, surface distance <= 1 mm."""
     ours = summary["ours_expression_mm"]
     below = lambda m: ours["ci95"][1] < summary[f"{m}_expression_mm"]["ci95"][0]  # noqa: E731
+    # The paired test as well: the interval of ours - method (the same pairs, or the same seeds)
+    # lies below zero. Separate intervals of two means overlap long after their difference is sure.
+    paired = lambda m: summary[f"ours_minus_{m}_mm"]["ci95"][1] < 0  # noqa: E731
     return {"50pct_below_neutral": ours["mean"] <= 0.5 * summary["neutral_expression_mm"]["mean"],
             "below_nearest_transfer": below("nearest_transfer"), "below_linear": below("linear"),
+            "below_nearest_transfer_paired": paired("nearest_transfer"), "below_linear_paired": paired("linear"),
             "surface_at_most_1mm": summary["ours_surface_mm"]["mean"] <= 1.0}
 
 
 def across_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each method's mean over the seeds of the whole protocol (all pairs of a seed), with a 95%
-    Student-t interval of that mean (none for one seed), and the goals on those intervals."""
+    """Each method's mean over the seeds of the whole protocol (all pairs of a seed), and each
+    paired difference ours - method, with a 95% Student-t interval of that mean over the seeds
+    (none for one seed), and the goals on those intervals."""
     from scipy.stats import t as student_t
 
     out: dict[str, Any] = {}
@@ -282,7 +319,7 @@ def across_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         if not sel:
             continue
         summary: dict[str, Any] = {"seeds": len(sel)}
-        for key in [k for k in sel[0] if k.endswith("_mm") and not k.startswith("ours_minus")]:
+        for key in [k for k in sel[0] if k.endswith("_mm")]:
             means = np.array([s[key]["mean"] for s in sel])
             half = float(student_t.ppf(0.975, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means))) \
                 if len(means) > 1 else float("nan")

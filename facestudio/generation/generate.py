@@ -38,6 +38,7 @@ from facestudio.models.latents import denormalise, load_latent_set, normalise
 from facestudio.models.mesh import grid_to_mesh
 from facestudio.models.render import Box
 from facestudio.models.runs import Run
+from facestudio.models.template_frame import TemplateFrame
 from facestudio.models.train_autodecoder import load_trained
 from facestudio.models.train_diffusion import SEGMENTS_FILE
 
@@ -73,6 +74,7 @@ class Generator:
         self.deformation = self.autodecoder.config.model.output == "deformation"
         self._people: dict[str, torch.Tensor] = {}
         self._scans: dict[str, Mesh] = {}
+        self._frames: dict[str, TemplateFrame | None] = {}
         self._neutral_samples: list[tuple[torch.Tensor, tuple[int, int, float], torch.Tensor]] = []
         s = self.config.sampling
         self.quality = {"preview": Quality(s.preview_steps, s.preview_mesh_upsample),
@@ -89,6 +91,13 @@ class Generator:
         if key not in self._people:
             self._people[key] = self._prepare_scan(key) if self.deformation else self._resolve(key)
         return self._people[key]
+
+    def person_frame(self, person: str | Path) -> TemplateFrame | None:
+        """Where a deformation model reads its field for ``person``'s scan: the template frame
+        (stored for a training subject; a new person's scan is fitted with the run's face model,
+        ~5 s, once) or None for the head frame."""
+        self.person_scan(person)
+        return self._frames[str(person)]
 
     def person_scan(self, person: str | Path) -> Mesh:
         """The fused neutral scan a deformation model moves for ``person``."""
@@ -128,10 +137,21 @@ class Generator:
 
     def _prepare_scan(self, key: str) -> torch.Tensor:
         from facestudio.models.deformation import identity_volume
-        from facestudio.models.deformation_targets import load_scan
+        from facestudio.models.deformation_targets import load_face_model, load_scan, run_frame, uses_template_frame
+        from facestudio.models.template_frame import fit_frame
 
+        index = self._training_index(key)
+        neutral = self.data.identity_index[index] if index is not None else None
         scan = load_scan(self._neutral_segment(key))
-        self._scans[key] = scan
+        registration = self.autodecoder.config.registration
+        if neutral is not None:
+            frame = run_frame(self.autodecoder.run_dir, registration, neutral)
+        elif uses_template_frame(registration):
+            log.info("%s is a new person: fitting the face model to the neutral scan", key)
+            frame = fit_frame(load_face_model(registration.face_model), scan[0], scan[1])
+        else:
+            frame = None
+        self._scans[key], self._frames[key] = scan, frame
         return identity_volume(scan[0], scan[1], self.box, self.autodecoder.config.model.latent_resolution)
 
     def _resolve(self, key: str) -> torch.Tensor:
@@ -234,8 +254,8 @@ class Generator:
             from facestudio.models.deformation import deform
 
             vertices, triangles, colors = self.person_scan(person)
-            return deform(vertices, self.field(identity, blendshapes, seed, steps or q.steps, guidance), self.box), \
-                triangles, colors
+            field = self.field(identity, blendshapes, seed, steps or q.steps, guidance)
+            return deform(vertices, field, self.box, self.person_frame(person)), triangles, colors
         return self.decode(self.latent(identity, blendshapes, seed, steps or q.steps, guidance), q.mesh_upsample)
 
 

@@ -360,7 +360,8 @@ class GeneratePanel(QWidget):
         if person.known:
             text = f"Preparing {person.name}…"
         elif generator.deformation:
-            text = f"Preparing {person.name}: the model never saw this person; reading their fused neutral scan…"
+            text = (f"Preparing {person.name}: the model never saw this person; reading their fused neutral scan "
+                    "and fitting the face model to it (seconds)…")
         else:
             text = f"Encoding {person.name}: the model never saw this person (up to a minute)…"
         self.state_label.setText(text)

@@ -2,10 +2,11 @@
 
 A deformation field is a (3, R, R, R) grid of displacements over the head box (the same box and
 (z, y, x) voxel order as the radiance grids of :mod:`facestudio.models.render`), read by
-trilinear interpolation at the neutral scan's vertices: the scan with the expression is
-``v + field(v)``. The field lives in the *neutral's* frame (a forward field), so applying it to a
-mesh is one grid lookup per vertex - the generated avatar keeps every vertex, triangle and colour
-of the scan the Library shows.
+trilinear interpolation at the neutral scan's vertices (``v + field(v)``, the head frame) or at
+their places on a face model's template (``v + R field(c)``, :mod:`facestudio.models.template_frame`,
+the presets). The field is a forward field of the *neutral*, so applying it to a mesh is one grid
+lookup per vertex - the generated avatar keeps every vertex, triangle and colour of the scan the
+Library shows.
 
 Why a grid over the head box rather than a field per vertex of a registered template: measured
 on ICT faces (BENCHMARKS.md, "Deformation representation"), a 32^3 grid registered to the
@@ -14,9 +15,10 @@ per-vertex field with exact correspondences 0.12 mm); 64^3 gained nothing. A gri
 template, so it works for any face a TrueDepth camera fuses, and it is what G2's 3D convolutions
 produce.
 
-Stage 1 learns these fields from :func:`register`: non-rigid ICP of the subject's neutral scan
-onto each expression segment's fused scan (the segment's own depth maps, integrated), with the
-grid as the only unknown, so it works on real captures as on synthetic ones.
+Stage 1 learns these fields from registered targets (:mod:`facestudio.models.deformation_targets`):
+the face rig's motion for the segment's recorded weights, or :func:`register` - non-rigid ICP of
+the subject's neutral scan onto the expression segment's fused scan, with the grid as the only
+unknown - which needs no face model.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.nn import functional as F
 
 from facestudio.models.config import RegistrationConfig
 from facestudio.models.render import Box
+from facestudio.models.template_frame import TemplateFrame
 
 FIELD_UNIT_M = 0.01          # G2 outputs displacements in centimetres: values of order 1
 
@@ -50,12 +53,24 @@ def sample_field(field: torch.Tensor, points: torch.Tensor, box: Box) -> torch.T
     return out if batched else out[0]
 
 
-def deform(vertices: np.ndarray, field: torch.Tensor, box: Box) -> np.ndarray:
-    """The vertices (N, 3) float32 moved by a field (3, R, R, R) in metres."""
+def deform(vertices: np.ndarray, field: torch.Tensor, box: Box, frame: TemplateFrame | None = None) -> np.ndarray:
+    """The vertices (N, 3) float32 moved by a field (3, R, R, R) in metres, read at the vertices
+    themselves (head frame) or at their places in a template ``frame`` (its axes turned into the
+    scan's)."""
     v = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
     with torch.no_grad():
-        moved = v + sample_field(field.float().cpu(), v, box)
+        moved = v + displacements(field.float().cpu(), v, box, frame)
     return moved.numpy()
+
+
+def displacements(field: torch.Tensor, points: torch.Tensor, box: Box, frame: TemplateFrame | None = None
+                  ) -> torch.Tensor:
+    """(N, 3) scan-frame displacements of a field (3, R, R, R) for scan points (N, 3): at the
+    points, or at their template coordinates (then rotated by the frame)."""
+    if frame is None:
+        return sample_field(field, points, box)
+    coords = torch.from_numpy(frame.coords).to(field.device)
+    return sample_field(field, coords, box) @ torch.from_numpy(frame.rotation).to(field).T
 
 
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -87,7 +102,7 @@ def fit_field(vertices: np.ndarray, displacements: np.ndarray, box: Box, resolut
 
 def register(neutral: np.ndarray, target: np.ndarray, target_normals: np.ndarray, box: Box,
              resolution: int = 32, config: RegistrationConfig | None = None,
-             initial: torch.Tensor | None = None) -> torch.Tensor:
+             initial: torch.Tensor | None = None, frame: TemplateFrame | None = None) -> torch.Tensor:
     """The forward field (3, R, R, R) in metres that moves ``neutral`` points (N, 3) onto the
     surface sampled by ``target`` points (M, 3) with unit normals.
 
@@ -98,22 +113,26 @@ def register(neutral: np.ndarray, target: np.ndarray, target_normals: np.ndarray
     :mod:`facestudio.models.deformation_targets`) it only refines: ``refine_steps`` at
     ``refine_lr``, smoothness on the change from the initial field. Nearest-point ICP alone
     finds small motions but not an opened jaw (BENCHMARKS.md: 10 mm off on 12.7 mm of motion).
+    With a template ``frame`` the field is read at the neutral's template coordinates.
     """
     cfg = config or RegistrationConfig()
     if initial is not None:
         return _icp(neutral, target, target_normals, box, cfg, initial.float(),
-                    [(resolution, cfg.refine_steps, cfg.gate_m)], cfg.refine_lr, anchored=True)
+                    [(resolution, cfg.refine_steps, cfg.gate_m)], cfg.refine_lr, anchored=True, frame=frame)
     return _icp(neutral, target, target_normals, box, cfg, torch.zeros(3, 16, 16, 16),
-                [(16, cfg.coarse_steps, cfg.coarse_gate_m), (resolution, cfg.fine_steps, cfg.gate_m)], cfg.lr)
+                [(16, cfg.coarse_steps, cfg.coarse_gate_m), (resolution, cfg.fine_steps, cfg.gate_m)], cfg.lr,
+                frame=frame)
 
 
 def _icp(neutral: np.ndarray, target: np.ndarray, target_normals: np.ndarray, box: Box, cfg: RegistrationConfig,
-         start: torch.Tensor, levels: list[tuple[int, int, float]], lr: float, anchored: bool = False
-         ) -> torch.Tensor:
+         start: torch.Tensor, levels: list[tuple[int, int, float]], lr: float, anchored: bool = False,
+         frame: TemplateFrame | None = None) -> torch.Tensor:
     """Adam on the field over ``levels`` (resolution, steps, gate); ``anchored``: smoothness on the
     change from ``start`` rather than on the field."""
     rng = np.random.default_rng(cfg.seed)
     src = torch.from_numpy(np.ascontiguousarray(neutral, dtype=np.float32))
+    coords = src if frame is None else torch.from_numpy(frame.coords)
+    rot = torch.eye(3) if frame is None else torch.from_numpy(frame.rotation)
     dst = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
     dst_n = torch.from_numpy(np.ascontiguousarray(target_normals, dtype=np.float32))
     tree = cKDTree(target)
@@ -128,12 +147,12 @@ def _icp(neutral: np.ndarray, target: np.ndarray, target_normals: np.ndarray, bo
         for _ in range(steps):
             i = torch.from_numpy(rng.choice(len(src), min(len(src), cfg.points), replace=False))
             j = rng.choice(len(dst), min(len(dst), cfg.points), replace=False)
-            p = src[i] + sample_field(field, src[i], box)
+            p = src[i] + sample_field(field, coords[i], box) @ rot.T
             dist, nearest = tree.query(p.detach().numpy())
             w = torch.from_numpy((dist < gate).astype(np.float32))
             d = p - dst[nearest]
             forward = (w * ((d * dst_n[nearest]).sum(-1) ** 2 + 0.1 * (d * d).sum(-1))).sum() / w.sum().clamp_min(1)
-            moved = src[subset] + sample_field(field, src[subset], box)
+            moved = src[subset] + sample_field(field, coords[subset], box) @ rot.T
             dist2, back = cKDTree(moved.detach().numpy()).query(target[j])
             w2 = torch.from_numpy((dist2 < gate).astype(np.float32))
             reverse = (w2 * ((moved[back] - dst[j]) ** 2).sum(-1)).sum() / w2.sum().clamp_min(1)

@@ -32,11 +32,13 @@ from facestudio.dataset.segment import MESH_FILE, Segment
 from facestudio.models.deformation import (FIELD_UNIT_M, RegistrationConfig, fit_field, register,
                                            surface_weight, vertex_normals)
 from facestudio.models.render import Box
+from facestudio.models.template_frame import TemplateFrame, frame_of, load_frame, save_frame
 from facestudio.storage import writing
 
 log = logging.getLogger(__name__)
 
 FIELDS_DIR = "fields"
+FRAMES_DIR = "frames"
 NEUTRAL_MAX_WEIGHT = 0.15    # a segment with every blendshape weight at most this is a neutral face
 
 
@@ -87,42 +89,70 @@ def neutral_segments(segments: list[Segment]) -> list[int]:
     return out
 
 
+def uses_template_frame(registration: RegistrationConfig) -> bool:
+    """Whether a deformation run reads its fields in the face model's template frame."""
+    return bool(registration.face_model) and registration.template_frame
+
+
+def frame_path(run_dir: Path, neutral: int) -> Path:
+    return Path(run_dir) / FIELDS_DIR / FRAMES_DIR / f"{neutral:04d}.safetensors"
+
+
+def target_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / FIELDS_DIR / f"{index:04d}.safetensors"
+
+
 def prepare_targets(run_dir: Path, segments: list[Segment], items: list[int], box: Box, resolution: int,
                     registration: RegistrationConfig,
                     progress: Callable[[dict[str, Any]], None] | None = None) -> Mapping[int, FieldTarget]:
     """The targets of the training segments at ``items`` (a process's shard), registering those not
-    cached in ``run_dir``."""
+    cached in ``run_dir`` (and, in the template frame, the subjects' frames)."""
     neutral_of = neutral_segments(segments)
     scans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     rig = _Rig(registration.face_model) if registration.face_model else None
+    template = uses_template_frame(registration)
+    frames: dict[int, TemplateFrame] = {}
 
     def scan(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if i not in scans:
             scans[i] = load_scan(segments[i].path)
         return scans[i]
 
+    def frame(n: int) -> TemplateFrame | None:
+        if not template:
+            return None
+        if n not in frames:
+            path = frame_path(run_dir, n)
+            if not path.exists():
+                save_frame(path, rig.frame(n, scan(n)))
+            frames[n] = load_frame(path)
+        return frames[n]
+
     targets: dict[int, FieldTarget] = {}
     for done, i in enumerate(items):
-        path = Path(run_dir) / FIELDS_DIR / f"{i:04d}.safetensors"
+        n = neutral_of[i]
+        path = target_path(run_dir, i)
         if path.exists():
+            frame(n)
             data = load_file(str(path))
             targets[i] = FieldTarget(data["field"], data["weight"])
             continue
-        neutral = scan(neutral_of[i])[0]
-        weight = surface_weight(neutral, box, resolution)
-        if neutral_of[i] == i:
+        neutral, f = scan(n)[0], frame(n)
+        weight = surface_weight(neutral if f is None else f.coords, box, resolution)
+        if n == i:
             field = torch.zeros(3, resolution, resolution, resolution)
         else:
             vertices, triangles, _ = scan(i)
             initial = None
             if rig is not None:
-                moved = rig.moved(neutral_of[i], scan(neutral_of[i]), segments[i].info.blendshapes)
-                initial = fit_field(neutral, moved - neutral, box, resolution, seed=registration.seed)
+                moved = rig.moved(n, scan(n), segments[i].info.blendshapes)
+                where, motion = (neutral, moved - neutral) if f is None else (f.coords, (moved - neutral) @ f.rotation)
+                initial = fit_field(where, motion, box, resolution, seed=registration.seed)
             if initial is not None and registration.refine_steps == 0:
                 field = initial / FIELD_UNIT_M
             else:
                 field = register(neutral, vertices, vertex_normals(vertices, triangles), box, resolution,
-                                 registration, initial) / FIELD_UNIT_M
+                                 registration, initial, f) / FIELD_UNIT_M
         targets[i] = FieldTarget(field, weight)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -135,25 +165,43 @@ def prepare_targets(run_dir: Path, segments: list[Segment], items: list[int], bo
     return targets
 
 
+def run_frame(run_dir: Path, registration: RegistrationConfig, neutral: int) -> TemplateFrame | None:
+    """The template frame stored for training neutral segment ``neutral`` (None: head frame)."""
+    return load_frame(frame_path(run_dir, neutral)) if uses_template_frame(registration) else None
+
+
 class _Rig:
     """The ICT face model fitted to each subject's neutral scan (once), moving it by ARKit weights."""
 
     def __init__(self, path: str) -> None:
-        from facestudio.faces.ict import IctFaceModel
-
-        if not Path(path).is_file():
-            raise ValueError(f"registration.face_model: {path} does not exist (import one with "
-                             "`facestudio facemodel import-ict`, or set it to \"\" for ICP alone)")
-        self.model = IctFaceModel.load(Path(path))
+        self.model = load_face_model(path)
         self.fits: dict[int, Any] = {}
 
-    def moved(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray],
-              blendshapes: list[float]) -> np.ndarray:
-        from facestudio.faces.fit import fit_ict, transfer
+    def _fit(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Any:
+        from facestudio.faces.fit import fit_ict
 
         if neutral not in self.fits:
             self.fits[neutral] = fit_ict(self.model, scan[0], vertex_normals(scan[0], scan[1]))
-        return transfer(self.fits[neutral], scan[0], np.asarray(blendshapes, np.float32))
+        return self.fits[neutral]
+
+    def moved(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray],
+              blendshapes: list[float]) -> np.ndarray:
+        from facestudio.faces.fit import transfer
+
+        return transfer(self._fit(neutral, scan), scan[0], np.asarray(blendshapes, np.float32))
+
+    def frame(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray]) -> TemplateFrame:
+        return frame_of(self._fit(neutral, scan), scan[0])
+
+
+def load_face_model(path: str) -> Any:
+    """The ICT model a deformation run registers with (and reads its template frame from)."""
+    from facestudio.faces.ict import IctFaceModel
+
+    if not Path(path).is_file():
+        raise ValueError(f"registration.face_model: {path} does not exist (import one with "
+                         "`facestudio facemodel import-ict`, or set it to \"\" for ICP alone)")
+    return IctFaceModel.load(Path(path))
 
 
 def field_loss(fields: torch.Tensor, targets: list[FieldTarget]) -> torch.Tensor:
@@ -175,4 +223,5 @@ def decoded_scan(trained: Any, index: int) -> tuple[np.ndarray, np.ndarray, np.n
     decoded = trained.model(torch.tensor([index, neutral])) * FIELD_UNIT_M
     vertices, triangles, colors = load_scan(segments[neutral].path)
     box = Box(tuple(segments[index].info.box_center), segments[index].info.box_size)
-    return deform(vertices, decoded[0] - decoded[1], box), triangles, colors
+    frame = run_frame(trained.run_dir, trained.config.registration, neutral)
+    return deform(vertices, decoded[0] - decoded[1], box, frame), triangles, colors

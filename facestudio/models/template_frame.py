@@ -1,0 +1,81 @@
+"""Where a person's deformation field is read: the face model's template frame (issue 14).
+
+A field over the head box read at the scan's own vertices (the head frame) means something
+different for every face: the same voxel is lip on one person and chin on the next, so stage 1
+must store every person's version of an expression and stage 2 must learn to move each across
+faces from a dozen people. With a face model fitted to the person's neutral scan (the ICT rig
+of :mod:`facestudio.faces.fit`), every scan vertex gets a place on one shared template - its
+closest point on the fitted neutral, carried by its barycentric coordinates onto the template,
+plus its offset from that point in the model's axes - and the field is read there. A jawOpen
+field is then one field for everybody (exactly so on ICT faces, whose expression shapes do not
+depend on the identity), and a learned model spends its capacity on what differs.
+
+The template is ICT's mean identity with the jaw open (:data:`TEMPLATE_EXPRESSION`): a grid
+cannot give touching lips different motions, and with the jaw open the upper and lower lip of
+the template lie centimetres apart, so the jaw's motion no longer smears across the mouth.
+Displacements are read in the model's axes and turned into the scan's by the fit's rotation.
+
+Stored with a deformation run for each training subject's neutral scan:
+
+    RUN/fields/frames/NNNN.safetensors   coords (N, 3) float32 m, rotation (3, 3) float32,
+                                         for the neutral segment NNNN's fused scan vertices
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from facestudio.faces.arkit import blendshape_vector
+from facestudio.storage import writing
+
+TEMPLATE_EXPRESSION = {"jawOpen": 1.0}
+
+
+@dataclass
+class TemplateFrame:
+    coords: np.ndarray      # (N, 3) float32 m: each scan vertex's place in the template frame
+    rotation: np.ndarray    # (3, 3) float32: template (model) axes -> scan axes
+
+
+def template_vertices(model, expression: dict[str, float] | None = None) -> np.ndarray:
+    """(V, 3) m: the template every person's scan is carried onto (mean identity, jaw open)."""
+    weights = blendshape_vector(TEMPLATE_EXPRESSION if expression is None else expression)
+    return model.vertices_m(np.zeros(model.num_identities, np.float32), weights)
+
+
+def frame_of(fit, scan_vertices: np.ndarray, expression: dict[str, float] | None = None) -> TemplateFrame:
+    """The template frame of a scan from the face model fitted to it (an :class:`IctFit`);
+    ``expression``: the template's ARKit weights (default :data:`TEMPLATE_EXPRESSION`)."""
+    from facestudio.faces.fit import at, correspondence
+
+    triangles, weights, closest = correspondence(fit, scan_vertices)
+    offset = (scan_vertices - closest) @ fit.rotation          # scan axes -> model axes
+    coords = at(template_vertices(fit.model, expression), triangles, weights) + offset
+    return TemplateFrame(coords.astype(np.float32), np.asarray(fit.rotation, np.float32))
+
+
+def fit_frame(model, vertices: np.ndarray, triangles: np.ndarray) -> TemplateFrame:
+    """Fit the face model to a neutral scan and return the scan's template frame (~5 s)."""
+    from facestudio.faces.fit import fit_ict
+    from facestudio.models.deformation import vertex_normals
+
+    return frame_of(fit_ict(model, vertices, vertex_normals(vertices, triangles)), vertices)
+
+
+def save_frame(path: Path, frame: TemplateFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # processes of one run may race
+    with writing(tmp):
+        save_file({"coords": np.ascontiguousarray(frame.coords), "rotation": np.ascontiguousarray(frame.rotation)},
+                  str(tmp))
+    tmp.replace(path)
+
+
+def load_frame(path: Path) -> TemplateFrame:
+    data = load_file(str(path))
+    return TemplateFrame(data["coords"], data["rotation"])
