@@ -142,3 +142,23 @@ def test_a_new_persons_scan_is_fitted_into_the_template_frame_as_training_subjec
     assert frame is not None and frame.coords.shape == (len(new[0]), 3)
     np.testing.assert_allclose(new[0], known[0], atol=2e-5)
     assert np.abs(new[0] - load_scan(neutral)[0]).max() > 1e-3        # and it does move the scan
+
+
+def test_a_training_subjects_neutral_fused_again_after_training_is_fitted_anew(runs, monkeypatch):
+    """The run stores each training subject's template frame for the scan it trained on; when the
+    Library's neutral scan has changed since (fused again: another vertex count), generation fits
+    the face model to the scan it now finds instead of failing on the stored frame."""
+    import facestudio.models.deformation_targets as targets
+    from facestudio.dataset.segment import Segment
+    from facestudio.generation.generate import Generator
+
+    root, neutral, _, weights = runs
+    vertices, triangles, colors = targets.load_scan(neutral)
+    keep = np.all(triangles < len(vertices) - 50, axis=1)          # the last 50 vertices dropped
+    fused_again = (vertices[:-50], triangles[keep], colors[:-50])
+    original = targets.load_scan
+    monkeypatch.setattr(targets, "load_scan", lambda path: fused_again if Path(path) == neutral else original(path))
+    gen = Generator(root / "diffusion")
+    moved = gen.generate(Segment(neutral).info.subject, weights, quality="final")[0]
+    assert len(moved) == len(vertices) - 50 and len(gen.person_frame(Segment(neutral).info.subject).coords) == len(moved)
+    assert np.abs(moved - fused_again[0]).max() > 1e-3

@@ -184,3 +184,18 @@ def test_eval_confidence_cli_shows_the_filter_removes_flying_pixels(capsys):
     for level in (1, 2):
         assert runs[level]["fused_to_gt"]["mean_mm"] < 0.5 * runs[None]["fused_to_gt"]["mean_mm"]
     assert runs[1]["gt_to_fused_observed"]["mean_mm"] < runs[None]["gt_to_fused_observed"]["mean_mm"]
+
+
+def test_a_mesh_whose_colours_overshoot_is_saved_clipped_and_quietly(tmp_path, capfd):
+    """Blended colours can overshoot 1.0 by rounding; Open3D would clamp them with a warning on
+    stdout, which broke `eval expression --json`."""
+    import open3d as o3d
+
+    from facestudio.dataset.tsdf import save_mesh_ply
+
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.eye(3)), o3d.utility.Vector3iVector([[0, 1, 2]]))
+    mesh.vertex_colors = o3d.utility.Vector3dVector([[1.02, 0.5, -0.01], [0.2, 0.3, 0.4], [1.0, 1.0, 1.0]])
+    save_mesh_ply(mesh, tmp_path / "mesh.ply")
+    assert capfd.readouterr().out == ""
+    colors = np.asarray(o3d.io.read_triangle_mesh(str(tmp_path / "mesh.ply")).vertex_colors)
+    np.testing.assert_allclose(colors, [[1.0, 0.5, 0.0], [0.2, 0.3, 0.4], [1.0, 1.0, 1.0]], atol=1 / 255)

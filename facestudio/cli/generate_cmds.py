@@ -190,8 +190,9 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: Stage 1's share of eval expression's budget: its decoding bounds every generated expression
-#: (BENCHMARKS.md: 0.28 -> 0.23 mm from 1,200 to 2,400 steps), while stage 2 on top of its linear
-#: mean gained nothing measurable from 700 to 2,400 steps.
+#: and is still improving when the budget ends (BENCHMARKS.md, "Stage 1 in the template frame":
+#: 0.343 mm at 631 steps, 0.276 mm at 1,500, ~0.20 mm at ~9,500), while training stage 2 longer
+#: has not been seen to help (BENCHMARKS.md, "Generation": doubling its steps, +0.14 to -0.05 mm).
 STAGE1_SHARE = 0.7
 
 

@@ -82,6 +82,10 @@ class TsdfVolume:
 
 
 def save_mesh_ply(mesh: o3d.geometry.TriangleMesh, path: Path) -> None:
-    """Binary PLY with vertex colors; raises OSError when Open3D cannot write it."""
+    """Binary PLY with vertex colors; raises OSError when Open3D cannot write it. Colours are
+    clipped to [0, 1] here (blending can overshoot by rounding): Open3D would clamp them too, but
+    with a warning on stdout, inside `--json` output."""
+    if mesh.has_vertex_colors():
+        mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
     if not o3d.io.write_triangle_mesh(str(path), mesh, write_ascii=False, write_vertex_colors=True):
         raise OSError(f"could not write mesh {path}")

@@ -144,13 +144,14 @@ class Generator:
         neutral = self.data.identity_index[index] if index is not None else None
         scan = load_scan(self._neutral_segment(key))
         registration = self.autodecoder.config.registration
-        if neutral is not None:
-            frame = run_frame(self.autodecoder.run_dir, registration, neutral)
-        elif uses_template_frame(registration):
-            log.info("%s is a new person: fitting the face model to the neutral scan", key)
-            frame = fit_frame(load_face_model(registration.face_model), scan[0], scan[1])
-        else:
+        frame = run_frame(self.autodecoder.run_dir, registration, neutral) if neutral is not None else None
+        if frame is not None and len(frame.coords) != len(scan[0]):
+            # the subject's neutral take was fused again after training: its stored frame is of the old mesh
+            log.info("%s: the neutral scan changed since training; fitting the face model to it again", key)
             frame = None
+        if frame is None and uses_template_frame(registration):
+            log.info("%s: fitting the face model to the neutral scan", key)
+            frame = fit_frame(load_face_model(registration.face_model), scan[0], scan[1])
         self._scans[key], self._frames[key] = scan, frame
         return identity_volume(scan[0], scan[1], self.box, self.autodecoder.config.model.latent_resolution)
 
