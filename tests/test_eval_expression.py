@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from facestudio.generation.evaluate import across_seeds, goals
-
-FACE_MODEL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ict_facekit.npz"
 
 
 def _seed_summary(ours: float, linear: float, neutral: float = 1.0) -> dict:
@@ -41,18 +38,17 @@ def test_a_difference_sure_over_seeds_is_told_apart_from_overlapping_means():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FACE_MODEL.is_file(), reason="needs ../shared/data/ict_facekit.npz (the faces and baseline (c))")
-def test_one_small_protocol_run_scores_every_method_against_the_truth(tmp_path, capsys):
+def test_one_small_protocol_run_scores_every_method_against_the_truth(ict_model, tmp_path, capsys):
     from facestudio.capture.virtual.source import SyntheticFaceSource
     from facestudio.cli.main import main
 
     code = main(["eval", "expression", "--json", "--minutes", "0.2", "--seeds", "1", "--train-identities", "2",
-                 "--heldout-identities", "1", "--face-model", str(FACE_MODEL), "--keep", str(tmp_path)])
+                 "--heldout-identities", "1", "--face-model", str(ict_model), "--keep", str(tmp_path)])
     assert code == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     run = result["runs"][0]
     # 2 training people hold out one expression each; the new person brings every expression but neutral
-    expressions = len(SyntheticFaceSource.create(str(FACE_MODEL), seed=0).truth()["segments"]) - 1
+    expressions = len(SyntheticFaceSource.create(str(ict_model), seed=0).truth()["segments"]) - 1
     assert run["training_segments"] == 2 * expressions and run["pairs"] == 2 + expressions
     held = run["summary"]["heldout_identity"]
     methods = ("ours", "neutral", "nearest_transfer", "ict_fit", "linear", "linear_template")
@@ -66,5 +62,5 @@ def test_one_small_protocol_run_scores_every_method_against_the_truth(tmp_path, 
     assert ceiling["autodecoder_expression_mm"] < 0.4 * ceiling["neutral_expression_mm"]
     assert set(run["summary"]["heldout_identity"]["goals"]) >= {"below_linear", "below_linear_paired"}
     assert (tmp_path / "seed0" / "autodecoder" / "fields" / "frames").is_dir()    # the presets' template frame
-    assert main(["eval", "expression", "--seeds", "0", "--face-model", str(FACE_MODEL)]) != 0
+    assert main(["eval", "expression", "--seeds", "0", "--face-model", str(ict_model)]) != 0
     assert "--seeds >= 1" in capsys.readouterr().err
