@@ -190,9 +190,9 @@ def tiny() -> AutodecoderConfig:
     2 must model it from a few hundred segments; the last level at 16^3 voxel-shuffled to 32^3,
     since convolutions at 32^3 took 4x the time of the rest of the decoder. Fields in the face
     model's template frame when a face model is given (models.template_frame). Adam betas (0.9,
-    0.999) rather than the paper's (0.5, 0.999) and 8 objects a step rather than 16: chosen on a
-    short comparison on the same targets (smaller loss spikes, twice the steps); the decoder is
-    still learning when a CPU budget ends (BENCHMARKS.md, "Stage 1 in the template frame")."""
+    0.999) rather than the paper's (0.5, 0.999) and 8 objects a step rather than 16 (twice the
+    steps in the same time): an earlier short comparison whose figures were not kept; the decoder
+    is still learning when a CPU budget ends (BENCHMARKS.md, "Stage 1 in the template frame")."""
     return AutodecoderConfig(
         preset="tiny", model=ModelConfig(channels=[64, 16, 32], output="deformation", output_shuffle=2),
         train=TrainConfig(lr=1e-3, betas=[0.9, 0.999], embedding_lr=1e-2, objects_per_batch=8, max_steps=6000),
