@@ -149,6 +149,33 @@ def test_g1_g2_shapes_tiny(preset, channels, out):
     assert model.g2(latent).shape == (2, c, r, r, r)
 
 
+def test_a_linear_field_decoder_decodes_sums_of_latents_to_sums_of_fields():
+    """What stage 2 relies on: a linear combination of latents (its expression mean, the change
+    sample(expression) - sample(neutral)) decodes to the same combination of fields."""
+    cfg = tiny().model
+    assert cfg.field_decoder == "linear"
+    g2 = Autodecoder(cfg, 1).g2
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 1, cfg.latent_channels, 8, 8, 8)
+    with torch.no_grad():
+        zero = g2(torch.zeros_like(a))
+        combined = g2(0.3 * a - 2.0 * b)
+        expected = 0.3 * (g2(a) - zero) - 2.0 * (g2(b) - zero) + zero
+    assert combined.shape == (1, 3, 32, 32, 32)
+    assert torch.allclose(combined, expected, atol=1e-4)
+    assert (g2(a) - zero).abs().max() > 1e-3          # and it is not a constant
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[model]\nfield_decoder = 'mlp'\n", "model.field_decoder: must be one of conv, linear"),
+    ("[model]\noutput = 'radiance'\nfield_decoder = 'linear'\n", "'linear' only for deformation fields"),
+])
+def test_a_bad_field_decoder_names_itself(tmp_path, text, needle):
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ValueError, match=needle):
+        load_config(tmp_path / "c.toml")
+
+
 @pytest.mark.parametrize("preset, channels", [(paper, 3), (paper_radiance, 4)])
 def test_g1_g2_shapes_paper_on_the_meta_device(preset, channels):
     cfg = preset().model

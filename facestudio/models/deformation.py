@@ -12,8 +12,8 @@ Why a grid over the head box rather than a field per vertex of a registered temp
 on ICT faces (BENCHMARKS.md, "Deformation representation"), a 32^3 grid registered to the
 expression's fused scan reproduces the expression to 0.21 mm (the neutral is 1.05 mm off, a
 per-vertex field with exact correspondences 0.12 mm); 64^3 gained nothing. A grid needs no
-template, so it works for any face a TrueDepth camera fuses, and it is what G2's 3D convolutions
-produce.
+template, so it works for any face a TrueDepth camera fuses, and it is what G2's 3D (transposed)
+convolutions produce.
 
 Stage 1 learns these fields from registered targets (:mod:`facestudio.models.deformation_targets`):
 the face rig's motion for the segment's recorded weights, or :func:`register` - non-rigid ICP of

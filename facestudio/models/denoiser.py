@@ -83,7 +83,10 @@ class ExpressionMean(nn.Module):
     deformation latents most of it is linear in e - a blendshape rig is a linear model of the
     same displacements (baseline (d) of `eval expression`). With D = m(e) + D'(x - m(e)) that
     part is one matrix learned by the EDM loss itself, and the U-Net models only what is left
-    (identity-dependent, non-linear); the whole is still an EDM denoiser, sampled as usual.
+    (identity-dependent, non-linear); the whole is still an EDM denoiser, sampled as usual. With a
+    linear field decoder (autodecoder.LinearFieldDecoder, preset tiny) m is exactly a linear
+    blendshape model of the decoded fields; through the convolutional G2 it was not, and a ridge
+    map fitted to the decoded fields themselves beat the whole diffusion model (BENCHMARKS.md).
     """
 
     def __init__(self, shape: tuple[int, ...]) -> None:
