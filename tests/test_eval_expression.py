@@ -42,10 +42,18 @@ def test_one_small_protocol_run_scores_every_method_against_the_truth(ict_model,
     from facestudio.capture.virtual.source import SyntheticFaceSource
     from facestudio.cli.main import main
 
+    from facestudio.models.config import load_config, save_config, tiny
+
+    variant = tiny()        # a stage-1 variant, as a user tries one: the preset's TOML, one value changed
+    variant.model.field_decoder = "conv"
+    save_config(variant, tmp_path / "conv.toml")
     code = main(["eval", "expression", "--json", "--minutes", "0.2", "--seeds", "1", "--train-identities", "2",
-                 "--heldout-identities", "1", "--face-model", str(ict_model), "--keep", str(tmp_path)])
+                 "--heldout-identities", "1", "--face-model", str(ict_model), "--keep", str(tmp_path / "runs"),
+                 "--config", str(tmp_path / "conv.toml")])
     assert code == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["field_decoder"] == "conv"
+    assert load_config(tmp_path / "runs" / "seed0" / "autodecoder" / "config.toml").model.field_decoder == "conv"
     run = result["runs"][0]
     # 2 training people hold out one expression each; the new person brings every expression but neutral
     expressions = len(SyntheticFaceSource.create(str(ict_model), seed=0).truth()["segments"]) - 1
@@ -61,6 +69,8 @@ def test_one_small_protocol_run_scores_every_method_against_the_truth(ict_model,
     ceiling = run["stage1_ceiling"]["registered"]
     assert ceiling["autodecoder_expression_mm"] < 0.4 * ceiling["neutral_expression_mm"]
     assert set(run["summary"]["heldout_identity"]["goals"]) >= {"below_linear", "below_linear_paired"}
-    assert (tmp_path / "seed0" / "autodecoder" / "fields" / "frames").is_dir()    # the presets' template frame
+    assert (tmp_path / "runs" / "seed0" / "autodecoder" / "fields" / "frames").is_dir()   # the template frame
     assert main(["eval", "expression", "--seeds", "0", "--face-model", str(ict_model)]) != 0
     assert "--seeds >= 1" in capsys.readouterr().err
+    assert main(["eval", "expression", "--config", "tiny-radiance", "--face-model", str(ict_model)]) != 0
+    assert "must decode deformation fields" in capsys.readouterr().err

@@ -72,10 +72,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Trains both stages (tiny) on synthetic ICT identities, generates held-out (identity, "
                     "expression) pairs by moving each person's fused neutral scan, and scores them and the "
                     "baselines (scan unchanged, nearest sample transferred, ICT fit, linear per-blendshape "
-                    "fields) against the exact meshes, with 95%% intervals over pairs and over seeds.")
+                    "fields) against the exact meshes, with 95% intervals over pairs and over seeds.")
     q.add_argument("--minutes", type=float, default=20.0,
                    help="training budget per seed: 70%% for the autodecoder, 30%% for the diffusion model "
                         "(default 20; data and registration come on top)")
+    q.add_argument("--config", default="tiny",
+                   help="stage 1: a deformation preset or TOML file, e.g. a run's config.toml edited to try a "
+                        "variant (default tiny; stage 2 is always tiny)")
     q.add_argument("--seeds", type=int, default=3, help="whole-protocol repeats, each with other people (default 3)")
     q.add_argument("--train-identities", type=int, default=16, help="identities with all expressions (default 16)")
     q.add_argument("--heldout-identities", type=int, default=4, help="identities seen only neutral (default 4)")
@@ -172,6 +175,7 @@ def run_synth(args: argparse.Namespace) -> dict[str, Any]:
 def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
     from facestudio.cli.model_eval_cmds import default_face_model
     from facestudio.generation.evaluate import across_seeds
+    from facestudio.models.config import load_config
 
     if args.minutes <= 0 or args.train_identities < 2 or args.heldout_identities < 1 or args.seeds < 1:
         raise ValueError("--minutes must be > 0, --train-identities >= 2, --heldout-identities >= 1, --seeds >= 1")
@@ -179,11 +183,16 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
     if face_model is None or not Path(face_model).is_file():
         raise ValueError("eval expression needs the ICT face model (--face-model PATH, or `facestudio facemodel "
                          "import-ict`): its faces are the ground truth and its fit is baseline (c)")
+    config = load_config(args.config)
+    if config.model.output != "deformation":
+        raise ValueError(f"--config {args.config}: eval expression moves each person's scan, so stage 1 must decode "
+                         "deformation fields (model.output = \"deformation\")")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fs-eval-expr-") as tmp:
         root = args.keep or Path(tmp)
         runs = [_protocol_seed(root / f"seed{seed}", seed, face_model, args) for seed in range(args.seeds)]
-    return {"face_model": "ict", "preset": "tiny", "train_identities": args.train_identities,
+    return {"face_model": "ict", "config": str(args.config), "preset": config.preset,
+            "field_decoder": config.model.field_decoder, "train_identities": args.train_identities,
             "heldout_identities": args.heldout_identities, "minutes_per_seed": args.minutes, "seeds": args.seeds,
             "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
             "across_seeds": across_seeds([r["summary"] for r in runs]), "runs": runs}
@@ -200,7 +209,7 @@ def _protocol_seed(root: Path, seed: int, face_model: str, args: argparse.Namesp
     """One whole protocol: people of this seed, both stages trained, every pair scored."""
     from facestudio.generation.evaluate import Baselines, make_protocol_data, score_pair, stage1_reconstruction, summarise
     from facestudio.generation.generate import Generator
-    from facestudio.models.config import tiny as autodecoder_tiny
+    from facestudio.models.config import load_config
     from facestudio.models.diffusion_config import tiny as diffusion_tiny
     from facestudio.models.train_autodecoder import load_trained, train_autodecoder
     from facestudio.models.train_diffusion import train_diffusion
@@ -208,7 +217,7 @@ def _protocol_seed(root: Path, seed: int, face_model: str, args: argparse.Namesp
     t0 = time.monotonic()
     train, pairs = make_protocol_data(root, args.train_identities, args.heldout_identities, face_model, seed=seed)
     data_s = time.monotonic() - t0
-    config = autodecoder_tiny()
+    config = load_config(args.config)
     config.train.seed = config.registration.seed = seed
     config.registration.face_model = face_model
     t0 = time.monotonic()
