@@ -7,6 +7,7 @@ Diffusion runs live in LIBRARY/models/diffusion/<timestamp>/ beside the autodeco
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import statistics
@@ -190,7 +191,8 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fs-eval-expr-") as tmp:
         root = args.keep or Path(tmp)
-        runs = [_protocol_seed(root / f"seed{seed}", seed, face_model, args) for seed in range(args.seeds)]
+        runs = [_protocol_seed(root / f"seed{seed}", seed, face_model, copy.deepcopy(config), args)
+                for seed in range(args.seeds)]
     return {"face_model": "ict", "config": str(args.config), "preset": config.preset,
             "field_decoder": config.model.field_decoder, "train_identities": args.train_identities,
             "heldout_identities": args.heldout_identities, "minutes_per_seed": args.minutes, "seeds": args.seeds,
@@ -205,11 +207,11 @@ def run_eval_expression(args: argparse.Namespace) -> dict[str, Any]:
 STAGE1_SHARE = 0.7
 
 
-def _protocol_seed(root: Path, seed: int, face_model: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One whole protocol: people of this seed, both stages trained, every pair scored."""
+def _protocol_seed(root: Path, seed: int, face_model: str, config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One whole protocol: people of this seed, both stages trained (stage 1 with ``config``, given
+    this seed and the face model), every pair scored."""
     from facestudio.generation.evaluate import Baselines, make_protocol_data, score_pair, stage1_reconstruction, summarise
     from facestudio.generation.generate import Generator
-    from facestudio.models.config import load_config
     from facestudio.models.diffusion_config import tiny as diffusion_tiny
     from facestudio.models.train_autodecoder import load_trained, train_autodecoder
     from facestudio.models.train_diffusion import train_diffusion
@@ -217,7 +219,6 @@ def _protocol_seed(root: Path, seed: int, face_model: str, args: argparse.Namesp
     t0 = time.monotonic()
     train, pairs = make_protocol_data(root, args.train_identities, args.heldout_identities, face_model, seed=seed)
     data_s = time.monotonic() - t0
-    config = load_config(args.config)
     config.train.seed = config.registration.seed = seed
     config.registration.face_model = face_model
     t0 = time.monotonic()
