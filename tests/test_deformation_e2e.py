@@ -54,18 +54,31 @@ def test_jaw_open_moves_the_persons_own_scan_down_at_the_chin(runs):
     root, neutral, _, weights = runs
     gen = Generator(root / "diffusion")
     scan_v, scan_t, scan_c = load_scan(neutral)
+    n = len(scan_v)
     vertices, triangles, colors = gen.generate(neutral, weights, quality="final")
-    assert vertices.shape == scan_v.shape and np.array_equal(triangles, scan_t) and np.array_equal(colors, scan_c)
+    interior = gen.person_frame(neutral).interior
+    # The scan's vertices and colours first, then the face model's mouth interior behind the lips.
+    assert len(vertices) == n + len(interior.vertices) and np.array_equal(colors[:n], scan_c)
+    skin = triangles[(triangles < n).all(axis=1)]
+    assert len(skin) + len(interior.triangles) == len(triangles)           # nothing joins the two
+    assert {tuple(t) for t in skin} <= {tuple(t) for t in scan_t}          # the scan's own triangles ...
+    assert 0 < len(scan_t) - len(skin) < 0.01 * len(scan_t)                # ... less the lip seam torn open
     # The chin: the scan's lowest front vertices; the jaw opens by ~1-2 cm there.
     front = scan_v[:, 2] > np.quantile(scan_v[:, 2], 0.5)
     chin = front & (scan_v[:, 1] < np.quantile(scan_v[front, 1], 0.05))
     forehead = front & (scan_v[:, 1] > np.quantile(scan_v[front, 1], 0.9))
-    drop = (vertices - scan_v)[:, 1]
+    drop = (vertices[:n] - scan_v)[:, 1]
     assert drop[chin].mean() < -0.004, drop[chin].mean()               # the chin goes down by millimetres
     assert abs(drop[forehead].mean()) < 0.3 * abs(drop[chin].mean())   # the forehead stays
-    # The neutral expression gives exactly the scan (the anchored field is zero).
-    same, _, _ = gen.generate(neutral, np.zeros(52, np.float32), quality="preview")
-    np.testing.assert_allclose(same, scan_v, atol=1e-6)
+    # The lower teeth and tongue go down with the jaw; the upper teeth stay nearly put.
+    inner = interior.vertices
+    lower, upper = inner[:, 1] < np.quantile(inner[:, 1], 0.2), inner[:, 1] > np.quantile(inner[:, 1], 0.8)
+    inner_drop = (vertices[n:] - inner)[:, 1]
+    assert inner_drop[lower].mean() < -0.004 and inner_drop[lower].mean() < 2 * inner_drop[upper].mean()
+    # The neutral expression gives exactly the scan (the anchored field is zero) and tears nothing.
+    same, same_t, _ = gen.generate(neutral, np.zeros(52, np.float32), quality="preview")
+    np.testing.assert_allclose(same[:n], scan_v, atol=1e-6)
+    assert np.array_equal(same_t[:len(scan_t)], scan_t) and len(same_t) == len(scan_t) + len(interior.triangles)
 
 
 def test_stage1_reconstruction_scores_registered_and_decoded_fields(runs):
@@ -94,7 +107,8 @@ def test_a_person_without_a_neutral_segment_is_refused_clearly(runs, tmp_path):
     with pytest.raises(ValueError, match="not a neutral face"):
         gen.generate(stranger, weights)
     # a training segment stands for its person, whose neutral the model knows
-    assert len(gen.generate(opened, weights, quality="preview")[0]) == len(gen.person_scan(opened)[0])
+    assert len(gen.generate(opened, weights, quality="preview")[0]) == \
+        len(gen.person_scan(opened)[0]) + len(gen.person_frame(opened).interior.vertices)
 
 
 def test_training_a_subject_without_neutral_is_refused_before_registration(runs, tmp_path):
@@ -116,8 +130,9 @@ def test_bench_generate_times_a_new_person_and_meshes_at_the_scans_resolution(ru
     root, neutral, _, _ = runs
     assert main(["bench", "generate", "--model", str(root / "diffusion"), "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
-    vertices = len(load_scan(neutral)[0])
-    assert result["new_person"]["scan_vertices"] == vertices and result["new_person"]["seconds"] > 0
+    vertices = len(load_scan(neutral)[0]) + result["new_person"]["interior_vertices"]
+    assert result["new_person"]["scan_vertices"] == len(load_scan(neutral)[0]) and result["new_person"]["seconds"] > 0
+    assert result["new_person"]["interior_vertices"] > 1000                     # teeth, gums, tongue, mouth
     assert result["preview"]["vertices"] == result["final"]["vertices"] == vertices
 
 
@@ -139,9 +154,10 @@ def test_a_new_persons_scan_is_fitted_into_the_template_frame_as_training_subjec
     known = gen.generate(Segment(neutral).info.subject, weights, quality="final")
     new = gen.generate(str(person), weights, quality="final")
     frame = gen.person_frame(str(person))
-    assert frame is not None and frame.coords.shape == (len(new[0]), 3)
+    assert frame is not None and frame.coords.shape == (len(new[0]) - len(frame.interior.vertices), 3)
     np.testing.assert_allclose(new[0], known[0], atol=2e-5)
-    assert np.abs(new[0] - load_scan(neutral)[0]).max() > 1e-3        # and it does move the scan
+    scan = load_scan(neutral)[0]
+    assert np.abs(new[0][:len(scan)] - scan).max() > 1e-3        # and it does move the scan
 
 
 def test_a_training_subjects_neutral_fused_again_after_training_is_fitted_anew(runs, monkeypatch):
@@ -159,6 +175,6 @@ def test_a_training_subjects_neutral_fused_again_after_training_is_fitted_anew(r
     original = targets.load_scan
     monkeypatch.setattr(targets, "load_scan", lambda path: fused_again if Path(path) == neutral else original(path))
     gen = Generator(root / "diffusion")
-    moved = gen.generate(Segment(neutral).info.subject, weights, quality="final")[0]
-    assert len(moved) == len(vertices) - 50 and len(gen.person_frame(Segment(neutral).info.subject).coords) == len(moved)
+    moved = gen.generate(Segment(neutral).info.subject, weights, quality="final")[0][:len(vertices) - 50]
+    assert len(gen.person_frame(Segment(neutral).info.subject).coords) == len(moved)
     assert np.abs(moved - fused_again[0]).max() > 1e-3

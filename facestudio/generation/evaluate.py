@@ -7,7 +7,9 @@ held-out identities contribute only their neutral segment. Every method moves th
 *fused neutral scan* (what the Library shows) and is scored against the exact mesh:
 
 - ours: the diffusion model's field for (person, expression) (:meth:`Generator.field`), read in
-  the model's frame (the template frame of the person's fitted face model, for the presets);
+  the model's frame (the template frame of the person's fitted face model, for the presets),
+  applied as the app does (:func:`~facestudio.models.mouth_interior.avatar`: with the mouth
+  interior behind the lips and the lip seam an opened jaw tears removed);
 - (a) the scan unchanged;
 - (b) the training sample nearest in blendshape space, its registered motion as a head-frame
   field carried over;
@@ -29,7 +31,11 @@ that skin). A method whose result the ray misses, or that errs by more than ERRO
 counts ERROR_CAP_M: two fused scans never cover the same skin, and without the cap a few rays
 through holes (errors of centimetres at 2% of the rays) outweighed the rest of the face - the
 fused expression scan itself scored worse than the unchanged neutral. Surface distance (mm):
-symmetric face-region distance to the exact expression mesh.
+symmetric face-region distance to the exact expression mesh. Open-mouth depth error (mm, only
+pairs whose true expression shows the inside of the mouth): along frontal rays that meet the
+true mesh first on its mouth interior, the mean |depth difference| of the method's first
+surface (capped like the expression error) - a scan moved alone shows a lip-coloured sheet
+there, centimetres in front of the teeth and tongue.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from facestudio.generation.generate import Generator, Mesh
 from facestudio.models.deformation import FIELD_UNIT_M, deform, displacements, fit_field, vertex_normals
 from facestudio.models.deformation_targets import load_scan, neutral_segments, run_frame, target_path, uses_template_frame
 from facestudio.models.evaluate import mesh_distance_mm
+from facestudio.models.mouth_interior import avatar
 from facestudio.models.synthetic_segments import load_truth, write_synthetic_segment
 from facestudio.models.train_autodecoder import TrainedAutodecoder
 
@@ -54,6 +61,8 @@ RAY_START_M = 0.03          # rays start this far outside the true neutral surfa
 OWN_VERTEX_M = 5e-4         # a ray whose first true-neutral hit is farther from its vertex is hidden
 SCAN_NEAR_M = 0.003         # the person's scan must meet the ray this close to the true neutral
 ERROR_CAP_M = 0.010         # a ray's error counts at most this much (and this much where it misses)
+MOUTH_PIXEL_M = 5e-4        # the open-mouth depth error's frontal ray spacing
+MOUTH_MIN_RAYS = 500        # an open mouth: its inside seen over >= 125 mm^2 (closed ones: < 200 rays)
 HELDOUT_SEED = 500          # held-out identities use seeds 500, 501, ... (training: 0, 1, ...)
 METHODS = ("ours", "neutral", "nearest_transfer", "ict_fit", "linear", "linear_template")
 
@@ -122,9 +131,40 @@ def moved(rays: np.ndarray, vertices: np.ndarray, triangles: np.ndarray) -> np.n
     return np.where(np.isfinite(t), RAY_START_M - t, np.nan)
 
 
+def mouth_rays(pair: Pair) -> np.ndarray:
+    """(P, 6) frontal rays (toward -z, a MOUTH_PIXEL_M grid) that meet the true expression first
+    on its mouth interior (socket, gums and tongue, teeth): where an open mouth shows its inside.
+    Empty for a closed mouth."""
+    from facestudio.faces.ict import ICT_REGIONS
+    from facestudio.models.mouth_interior import MOUTH_REGIONS
+
+    inside = np.zeros(len(pair.truth_expression), bool)
+    for region in MOUTH_REGIONS:
+        inside[slice(*ICT_REGIONS[region])] = True
+    lo, hi = pair.truth_expression[inside].min(axis=0), pair.truth_expression[inside].max(axis=0)
+    xs, ys = (np.arange(lo[k], hi[k], MOUTH_PIXEL_M) for k in (0, 1))
+    x, y = np.meshgrid(xs, ys)
+    rays = np.zeros((x.size, 6), np.float32)
+    rays[:, 0], rays[:, 1], rays[:, 2], rays[:, 5] = x.ravel(), y.ravel(), hi[2] + RAY_START_M, -1.0
+    hit = _scene(pair.truth_expression, pair.triangles).cast_rays(o3d.core.Tensor(rays))["primitive_ids"].numpy()
+    seen = hit != o3d.t.geometry.RaycastingScene.INVALID_ID
+    seen[seen] = inside[pair.triangles[hit[seen]]].all(axis=1)
+    return rays[seen]
+
+
+def depth_error_mm(rays: np.ndarray, truth: Mesh | tuple[np.ndarray, np.ndarray], mesh: Mesh) -> float:
+    """Mean |depth difference| (mm) along ``rays`` between two meshes; a miss or an error beyond
+    ERROR_CAP_M counts ERROR_CAP_M."""
+    depth = [_scene(m[0], m[1]).cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy() for m in (truth, mesh)]
+    return float(np.minimum(np.nan_to_num(np.abs(depth[1] - depth[0]), nan=ERROR_CAP_M, posinf=ERROR_CAP_M),
+                            ERROR_CAP_M).mean() * 1000)
+
+
 def score_meshes(pair: Pair, scan: Mesh, results: dict[str, Mesh]) -> dict[str, Any]:
-    """Expression error and surface distance of each method's result (all moves of ``scan``)."""
+    """Expression error and surface distance of each method's result (all moves of ``scan``), and
+    where the true expression shows the inside of its mouth, the open-mouth depth error."""
     rays = normal_rays(pair)
+    mouth = mouth_rays(pair)
     true_move = moved(rays, pair.truth_expression, pair.triangles)
     reference = moved(rays, scan[0], scan[1])
     valid = (np.abs(true_move) <= RAY_START_M) & (np.abs(reference) <= SCAN_NEAR_M)   # nan compares False
@@ -136,6 +176,8 @@ def score_meshes(pair: Pair, scan: Mesh, results: dict[str, Mesh]) -> dict[str, 
         error = np.minimum(np.nan_to_num(error, nan=ERROR_CAP_M), ERROR_CAP_M)
         row[f"{name}_expression_mm"] = float(error.mean() * 1000)
         row[f"{name}_surface_mm"] = mesh_distance_mm(mesh[0], mesh[1], truth)["mesh_distance_mm"]
+        if len(mouth) >= MOUTH_MIN_RAYS:
+            row[f"{name}_mouth_mm"] = depth_error_mm(mouth, (pair.truth_expression, pair.triangles), mesh)
     return row
 
 
@@ -215,7 +257,7 @@ def score_pair(gen: Generator, baselines: Baselines, pair: Pair, seed: int = 0) 
     nearest, change = baselines.nearest(pair.blendshapes)
     frame = gen.person_frame(pair.person)
     moved_by = lambda field, f=None: (deform(scan[0], field, gen.box, f), scan[1], scan[2])  # noqa: E731
-    results = {"ours": moved_by(gen.field(identity, pair.blendshapes, seed), frame), "neutral": scan,
+    results = {"ours": avatar(scan, gen.field(identity, pair.blendshapes, seed), gen.box, frame), "neutral": scan,
                "nearest_transfer": moved_by(change), "linear": moved_by(baselines.linear_field(pair.blendshapes))}
     if baselines.linear_template is not None:
         results["linear_template"] = moved_by(baselines.linear_field(pair.blendshapes, template=True), frame)
@@ -257,9 +299,9 @@ def stage1_reconstruction(trained: TrainedAutodecoder, registered: bool = False)
                     neutral_truth["vertices"], truth["vertices"], truth["triangles"],
                     neutral_truth["face_vertex_mask"].astype(bool))
         frame = run_frame(trained.run_dir, trained.config.registration, neutral[k])
-        rows.append(score_meshes(pair, scan, {"autodecoder": (deform(scan[0], field, box, frame), scan[1], scan[2]),
-                                              "neutral": scan}))
-    mean = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0] if k.endswith("_mm")} if rows else {}
+        rows.append(score_meshes(pair, scan, {"autodecoder": avatar(scan, field, box, frame), "neutral": scan}))
+    mean = {k: round(float(np.mean([r[k] for r in rows if k in r])), 3)
+            for k in dict.fromkeys(k for r in rows for k in r if k.endswith("_mm"))}
     return {"segments": len(rows), **mean}
 
 
@@ -280,14 +322,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not sel:
             continue
         summary: dict[str, Any] = {"pairs": len(sel)}
-        for key in [k for k in sel[0] if k.endswith("_mm")]:
-            values = [r[key] for r in sel]
+        for key in dict.fromkeys(k for r in sel for k in r if k.endswith("_mm")):
+            values = [r[key] for r in sel if key in r]          # open-mouth errors: open mouths only
             summary[key] = {"mean": round(float(np.mean(values)), 3), "ci95": interval(values)}
+            if len(values) < len(sel):
+                summary[key]["pairs"] = len(values)
         for method in METHODS[1:]:
-            key = f"{method}_expression_mm"
-            if key in sel[0]:
-                diff = [r["ours_expression_mm"] - r[key] for r in sel]
-                summary[f"ours_minus_{method}_mm"] = {"mean": round(float(np.mean(diff)), 3), "ci95": interval(diff)}
+            for measure, suffix in (("expression", ""), ("mouth", "_mouth")):
+                key = f"{method}_{measure}_mm"
+                diff = [r[f"ours_{measure}_mm"] - r[key] for r in sel if key in r and f"ours_{measure}_mm" in r]
+                if diff:
+                    summary[f"ours_minus_{method}{suffix}_mm"] = {"mean": round(float(np.mean(diff)), 3),
+                                                                 "ci95": interval(diff)}
         summary["goals"] = goals(summary)
         out[group] = summary
     return out
@@ -319,7 +365,7 @@ def across_seeds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         if not sel:
             continue
         summary: dict[str, Any] = {"seeds": len(sel)}
-        for key in [k for k in sel[0] if k.endswith("_mm")]:
+        for key in [k for k in sel[0] if k.endswith("_mm") and all(k in s for s in sel)]:
             means = np.array([s[key]["mean"] for s in sel])
             half = float(student_t.ppf(0.975, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means))) \
                 if len(means) > 1 else float("nan")

@@ -7,8 +7,9 @@ initial noise fixed by the seed, so the same seed with nearby expressions gives 
 
 With a deformation autodecoder (the presets) the person is their fused neutral scan - the mesh
 the Library shows - and G2 decodes the sampled latent to a displacement field that moves every
-vertex of it (:meth:`Generator.field`): the avatar keeps the scan's detail, colours and vertex
-count. The field is the sampled expression's minus the sampled neutral expression's from the
+vertex of it (:meth:`Generator.field`): the avatar keeps the scan's detail, colours and
+vertices (plus, in the template frame, the face model's mouth interior behind the lips, moved by
+the same field: :mod:`facestudio.models.mouth_interior`). The field is the sampled expression's minus the sampled neutral expression's from the
 same noise, so the neutral expression gives exactly the scan. A new person needs only their
 fused neutral take.
 
@@ -246,17 +247,18 @@ class Generator:
     def generate(self, person: str | Path, blendshapes: np.ndarray, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, quality: str = "final") -> Mesh:
         """(vertices, triangles, vertex_colors) of ``person`` with ``blendshapes`` (52 ARKit weights):
-        the person's scan deformed (deformation models) or a decoded grid's surface (radiance)."""
+        the person's scan deformed, with the mouth interior behind it in the template frame
+        (deformation models: the scan's vertices first, :func:`~facestudio.models.mouth_interior.avatar`),
+        or a decoded grid's surface (radiance)."""
         if quality not in self.quality:
             raise ValueError(f"quality must be one of {', '.join(self.quality)}")
         q = self.quality[quality]
         identity = self.person_identity(person)
         if self.deformation:
-            from facestudio.models.deformation import deform
+            from facestudio.models.mouth_interior import avatar
 
-            vertices, triangles, colors = self.person_scan(person)
             field = self.field(identity, blendshapes, seed, steps or q.steps, guidance)
-            return deform(vertices, field, self.box, self.person_frame(person)), triangles, colors
+            return avatar(self.person_scan(person), field, self.box, self.person_frame(person))
         return self.decode(self.latent(identity, blendshapes, seed, steps or q.steps, guidance), q.mesh_upsample)
 
 

@@ -81,18 +81,21 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 
 def fit_field(vertices: np.ndarray, displacements: np.ndarray, box: Box, resolution: int = 32,
-              steps: int = 100, points: int = 8000, smoothness: float = 1.0, seed: int = 0) -> torch.Tensor:
+              steps: int = 100, points: int = 8000, smoothness: float = 1.0, seed: int = 0,
+              weights: np.ndarray | None = None) -> torch.Tensor:
     """The smooth field (3, R, R, R), metres, whose lookup at ``vertices`` (N, 3) best gives their
-    ``displacements`` (N, 3): least squares plus the same smoothness term as :func:`register`,
-    by Adam on random subsets (0.3 s for 30k vertices at 32^3)."""
+    ``displacements`` (N, 3): (``weights``-weighted) least squares plus the same smoothness term
+    as :func:`register`, by Adam on random subsets (0.3 s for 30k vertices at 32^3)."""
     rng = np.random.default_rng(seed)
     src = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
     target = torch.from_numpy(np.ascontiguousarray(displacements, dtype=np.float32))
+    weight = torch.ones(len(src)) if weights is None else torch.as_tensor(np.asarray(weights, np.float32))
     field = torch.zeros(3, resolution, resolution, resolution, requires_grad=True)
     opt = torch.optim.Adam([field], lr=2e-3)
     for _ in range(steps):
         i = torch.from_numpy(rng.choice(len(src), min(len(src), points), replace=False))
-        fit = ((sample_field(field, src[i], box) - target[i]) ** 2).sum(-1).mean()
+        error = ((sample_field(field, src[i], box) - target[i]) ** 2).sum(-1)
+        fit = (weight[i] * error).sum() / weight[i].sum()
         smooth = sum((field.diff(dim=k) ** 2).mean() for k in (1, 2, 3))
         opt.zero_grad()
         ((fit + smoothness * smooth) / 1e-6).backward()

@@ -4,7 +4,8 @@ neutral scan, registered once, then learned by the autodecoder.
 Each training segment's target is the forward field that moves its subject's neutral scan (the
 neutral segment's fused ``mesh.ply``) into the segment's expression: with a face model
 (``registration.face_model``), the ICT rig fitted to the neutral scan and moved by the segment's
-recorded ARKit weights (:func:`facestudio.models.deformation.fit_field`), optionally refined onto
+recorded ARKit weights (:func:`facestudio.models.deformation.fit_field`; in the template frame
+with the rig's mouth interior, :mod:`facestudio.models.mouth_interior`), optionally refined onto
 the segment's own fused scan; without one, non-rigid ICP onto that scan
 (:func:`facestudio.models.deformation.register`). The neutral segment's own target is no motion. The autodecoder then fits
 embedding -> G1 -> latent -> G2 -> field to these targets with a squared error weighted to the
@@ -31,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from facestudio.dataset.segment import MESH_FILE, Segment
 from facestudio.models.deformation import (FIELD_UNIT_M, RegistrationConfig, fit_field, register,
                                            surface_weight, vertex_normals)
+from facestudio.models.mouth_interior import INTERIOR_WEIGHT
 from facestudio.models.render import Box
 from facestudio.models.template_frame import TemplateFrame, frame_of, load_frame, save_frame
 from facestudio.storage import writing
@@ -138,16 +140,27 @@ def prepare_targets(run_dir: Path, segments: list[Segment], items: list[int], bo
             targets[i] = FieldTarget(data["field"], data["weight"])
             continue
         neutral, f = scan(n)[0], frame(n)
-        weight = surface_weight(neutral if f is None else f.coords, box, resolution)
+        inside = f is not None and f.interior is not None
+        where = neutral if f is None else f.coords
+        weight = surface_weight(where, box, resolution)
+        if inside:   # voxels only the mouth interior moves count INTERIOR_WEIGHT
+            weight = torch.maximum(weight, INTERIOR_WEIGHT * surface_weight(f.interior.coords, box, resolution))
         if n == i:
             field = torch.zeros(3, resolution, resolution, resolution)
         else:
             vertices, triangles, _ = scan(i)
             initial = None
             if rig is not None:
-                moved = rig.moved(n, scan(n), segments[i].info.blendshapes)
-                where, motion = (neutral, moved - neutral) if f is None else (f.coords, (moved - neutral) @ f.rotation)
-                initial = fit_field(where, motion, box, resolution, seed=registration.seed)
+                blendshapes = segments[i].info.blendshapes
+                motion = rig.moved(n, scan(n), blendshapes) - neutral
+                if f is not None:
+                    motion = motion @ f.rotation
+                weights = None
+                if inside:   # the mouth behind the lips moves as the rig's interior does
+                    weights = np.repeat([1.0, INTERIOR_WEIGHT], [len(where), len(f.interior.coords)])
+                    where = np.concatenate([where, f.interior.coords])
+                    motion = np.concatenate([motion, rig.interior_motion(n, scan(n), blendshapes)])
+                initial = fit_field(where, motion, box, resolution, seed=registration.seed, weights=weights)
             if initial is not None and registration.refine_steps == 0:
                 field = initial / FIELD_UNIT_M
             else:
@@ -190,6 +203,17 @@ class _Rig:
 
         return transfer(self._fit(neutral, scan), scan[0], np.asarray(blendshapes, np.float32))
 
+    def interior_motion(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray],
+                        blendshapes: list[float]) -> np.ndarray:
+        """(K, 3) m, in the model's axes: the fitted interior's (mouth_interior) motion."""
+        from facestudio.faces.arkit import NUM_BLENDSHAPES
+        from facestudio.models.mouth_interior import MOUTH_REGIONS
+
+        fit = self._fit(neutral, scan)
+        keep = fit.model.region_mask(*MOUTH_REGIONS)
+        moved = fit.vertices(np.asarray(blendshapes, np.float32)) - fit.vertices(np.zeros(NUM_BLENDSHAPES, np.float32))
+        return moved[keep] @ fit.rotation
+
     def frame(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray]) -> TemplateFrame:
         return frame_of(self._fit(neutral, scan), scan[0])
 
@@ -214,14 +238,13 @@ def field_loss(fields: torch.Tensor, targets: list[FieldTarget]) -> torch.Tensor
 @torch.no_grad()
 def decoded_scan(trained: Any, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training segment ``index`` as a deformation autodecoder reproduces it: its subject's neutral
-    scan moved by the decoded field (the segment's minus the neutral's, so the neutral segment
-    gives its scan exactly)."""
-    from facestudio.models.deformation import deform
+    scan (with its mouth interior, in the template frame) moved by the decoded field (the
+    segment's minus the neutral's, so the neutral segment gives its scan exactly)."""
+    from facestudio.models.mouth_interior import avatar
 
     segments = [Segment(p) for p in trained.segment_paths]
     neutral = neutral_segments(segments)[index]
     decoded = trained.model(torch.tensor([index, neutral])) * FIELD_UNIT_M
-    vertices, triangles, colors = load_scan(segments[neutral].path)
     box = Box(tuple(segments[index].info.box_center), segments[index].info.box_size)
     frame = run_frame(trained.run_dir, trained.config.registration, neutral)
-    return deform(vertices, decoded[0] - decoded[1], box, frame), triangles, colors
+    return avatar(load_scan(segments[neutral].path), decoded[0] - decoded[1], box, frame)

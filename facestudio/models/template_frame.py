@@ -15,10 +15,16 @@ cannot give touching lips different motions, and with the jaw open the upper and
 the template lie centimetres apart, so the jaw's motion no longer smears across the mouth.
 Displacements are read in the model's axes and turned into the scan's by the fit's rotation.
 
+The frame also carries the person's mouth interior (:mod:`facestudio.models.mouth_interior`):
+the fitted model's teeth, gums and mouth socket, which a fused scan cannot see.
+
 Stored with a deformation run for each training subject's neutral scan:
 
     RUN/fields/frames/NNNN.safetensors   coords (N, 3) float32 m, rotation (3, 3) float32,
-                                         for the neutral segment NNNN's fused scan vertices
+                                         for the neutral segment NNNN's fused scan vertices;
+                                         interior_vertices, interior_coords (K, 3) float32 m,
+                                         interior_triangles (T, 3) int32, interior_colors
+                                         (K, 3) uint8 (absent in runs before the interior)
 """
 
 from __future__ import annotations
@@ -31,15 +37,18 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from facestudio.faces.arkit import blendshape_vector
+from facestudio.models.mouth_interior import MouthInterior, fitted_interior
 from facestudio.storage import writing
 
 TEMPLATE_EXPRESSION = {"jawOpen": 1.0}
+INTERIOR_KEYS = ("vertices", "coords", "triangles", "colors")
 
 
 @dataclass
 class TemplateFrame:
     coords: np.ndarray      # (N, 3) float32 m: each scan vertex's place in the template frame
     rotation: np.ndarray    # (3, 3) float32: template (model) axes -> scan axes
+    interior: MouthInterior | None = None   # the mouth behind the scan's closed lips
 
 
 def template_vertices(model, expression: dict[str, float] | None = None) -> np.ndarray:
@@ -55,8 +64,10 @@ def frame_of(fit, scan_vertices: np.ndarray, expression: dict[str, float] | None
 
     triangles, weights, closest = correspondence(fit, scan_vertices)
     offset = (scan_vertices - closest) @ fit.rotation          # scan axes -> model axes
-    coords = at(template_vertices(fit.model, expression), triangles, weights) + offset
-    return TemplateFrame(coords.astype(np.float32), np.asarray(fit.rotation, np.float32))
+    template = template_vertices(fit.model, expression)
+    coords = at(template, triangles, weights) + offset
+    return TemplateFrame(coords.astype(np.float32), np.asarray(fit.rotation, np.float32),
+                         fitted_interior(fit, template))
 
 
 def fit_frame(model, vertices: np.ndarray, triangles: np.ndarray) -> TemplateFrame:
@@ -70,12 +81,15 @@ def fit_frame(model, vertices: np.ndarray, triangles: np.ndarray) -> TemplateFra
 def save_frame(path: Path, frame: TemplateFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # processes of one run may race
+    arrays = {"coords": frame.coords, "rotation": frame.rotation}
+    if frame.interior is not None:
+        arrays.update({f"interior_{k}": getattr(frame.interior, k) for k in INTERIOR_KEYS})
     with writing(tmp):
-        save_file({"coords": np.ascontiguousarray(frame.coords), "rotation": np.ascontiguousarray(frame.rotation)},
-                  str(tmp))
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
     tmp.replace(path)
 
 
 def load_frame(path: Path) -> TemplateFrame:
     data = load_file(str(path))
-    return TemplateFrame(data["coords"], data["rotation"])
+    interior = MouthInterior(*(data[f"interior_{k}"] for k in INTERIOR_KEYS)) if "interior_coords" in data else None
+    return TemplateFrame(data["coords"], data["rotation"], interior)
