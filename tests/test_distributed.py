@@ -240,7 +240,9 @@ def _assert_same_training(a: Path, b: Path, optimized: list[str], lr: float) -> 
         real = (grad > 1e-4 * grad.max()) & (grad.max() > 1e-6 * scale["exp_avg"])
         torch.testing.assert_close(ca.model[name][real], cb.model[name][real], rtol=1e-4, atol=0.01 * lr,
                                    msg=lambda msg: f"{name}: {msg}")
-        untouched = grad == 0        # no gradient ever (a blendshape no segment uses): both kept their start
+        # No gradient ever in either run (a blendshape no segment uses): both kept their start. A
+        # gradient of float noise (a bias before a group norm) can be exactly 0 in one run only.
+        untouched = (grad == 0) & (ca.state[f"optim.{i}.exp_avg"] == 0)
         assert torch.equal(ca.model[name][untouched], cb.model[name][untouched]), name
         compared, total = compared + int(real.sum()), total + int((~untouched).sum())
     assert compared > 0.8 * total, (compared, total)   # most weights that trained
