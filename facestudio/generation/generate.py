@@ -8,10 +8,10 @@ initial noise fixed by the seed, so the same seed with nearby expressions gives 
 With a deformation autodecoder (the presets) the person is their fused neutral scan - the mesh
 the Library shows - and G2 decodes the sampled latent to a displacement field that moves every
 vertex of it (:meth:`Generator.field`): the avatar keeps the scan's detail, colours and
-vertices (plus, in the template frame, the face model's mouth interior behind the lips, moved by
-the same field: :mod:`facestudio.models.mouth_interior`). The field is the sampled expression's minus the sampled neutral expression's from the
-same noise, so the neutral expression gives exactly the scan. A new person needs only their
-fused neutral take.
+vertices (plus, in the template frame, the face model's mouth interior behind the lips, moved
+by the same field: :mod:`facestudio.models.mouth_interior`). The field is the sampled
+expression's minus the sampled neutral expression's from the same noise, so the neutral
+expression gives exactly the scan. A new person needs only their fused neutral take.
 
 With a radiance autodecoder (3DVADER's own stage 1) the person is their neutral latent (an
 unseen segment is encoded once, decoder frozen), the sampled change from the neutral expression
