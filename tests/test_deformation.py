@@ -190,3 +190,41 @@ def test_eval_frame_reports_each_frames_ceiling_and_transfer(capsys):
         result["per_expression"]["jaw_open"]["template_neutral_own_mm"]
     assert main(["eval", "frame", "--identities", "1", "--face-model", str(FACE_MODEL)]) != 0
     assert "--identities must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not FACE_MODEL.is_file(), reason="needs ../shared/data/ict_facekit.npz (the ICT face model)")
+def test_eyeballs_pushed_back_in_the_template_let_a_field_close_the_eyelids():
+    """A closing upper lid slides a millimetre in front of the eyeball: read at the template's own
+    eyeballs, one grid cell holds both and the lid stays half open; with the template's eyeballs
+    2 cm back (the presets' chart) the field moves the lid as the rig does and leaves the eyeball."""
+    from facestudio.faces.arkit import BLENDSHAPE_INDEX
+    from facestudio.faces.fit import SCAN_REGIONS, fit_ict, transfer
+    from facestudio.faces.ict import IctFaceModel
+    from facestudio.models.deformation import fit_field
+    from facestudio.models.template_frame import EYEBALLS, frame_of, template_vertices
+
+    model = IctFaceModel.load(FACE_MODEL)
+    pushed = template_vertices(model, eyeballs_back_m=0.02) - template_vertices(model)
+    eyeballs = model.region_mask(*EYEBALLS)
+    np.testing.assert_allclose(pushed[eyeballs], np.tile([0, 0, -0.02], (eyeballs.sum(), 1)), atol=1e-6)
+    assert not pushed[~eyeballs].any()
+
+    blink = np.zeros(52, np.float32)
+    blink[[BLENDSHAPE_INDEX["eyeBlinkLeft"], BLENDSHAPE_INDEX["eyeBlinkRight"]]] = 0.9
+    identity = np.random.default_rng(3).normal(0, 0.7, model.num_identities).astype(np.float32)
+    tris = model.triangles_in(*SCAN_REGIONS)
+    keep = np.unique(tris)
+    scan = model.bind(identity).vertices(np.zeros(52))[keep]
+    remap = np.full(model.num_vertices, -1)
+    remap[keep] = np.arange(len(keep))
+    fit = fit_ict(model, scan, vertex_normals(scan, remap[tris]))
+    motion = transfer(fit, scan, blink) - scan
+    lids = np.linalg.norm(motion, axis=1) > 2e-3                 # the lids' margins move centimetres
+    errors = []
+    for back in (0.0, 0.02):
+        frame = frame_of(fit, scan, eyeballs_back_m=back)
+        field = fit_field(frame.coords, motion @ frame.rotation, BOX)
+        errors.append(np.linalg.norm(deform(scan, field, BOX, frame) - scan - motion, axis=1))
+    assert lids.sum() > 50
+    assert errors[1][lids].mean() < 0.4 * errors[0][lids].mean()     # measured 2.5 -> 0.7 mm
+    assert errors[1][eyeballs[keep]].mean() < 1e-4                # the eyeball stays where it is

@@ -41,7 +41,8 @@ def runs(tmp_path_factory):
         preset="test", model=ModelConfig(embedding_dim=16, channels=[32, 16, 16], attention_resolutions=[8],
                                          output="deformation", output_shuffle=2),
         train=TrainConfig(objects_per_batch=2, lr=2e-3, embedding_lr=2e-2, log_every=10, checkpoint_every=1000),
-        registration=RegistrationConfig(face_model=str(FACE_MODEL), template_frame=True)).validate()
+        registration=RegistrationConfig(face_model=str(FACE_MODEL), template_frame=True, eyeballs_back_m=0.02)
+    ).validate()
     train_autodecoder([neutral, opened], root / "autodecoder", cfg, "cpu", 300)
     train_diffusion(root / "autodecoder", root / "diffusion", small_diffusion(), "cpu", 4)
     return root, neutral, opened, weights

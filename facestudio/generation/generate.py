@@ -152,7 +152,7 @@ class Generator:
             frame = None
         if frame is None and uses_template_frame(registration):
             log.info("%s: fitting the face model to the neutral scan", key)
-            frame = fit_frame(load_face_model(registration.face_model), scan[0], scan[1])
+            frame = fit_frame(load_face_model(registration.face_model), scan[0], scan[1], registration.eyeballs_back_m)
         self._scans[key], self._frames[key] = scan, frame
         return identity_volume(scan[0], scan[1], self.box, self.autodecoder.config.model.latent_resolution)
 

@@ -164,6 +164,7 @@ class RegistrationConfig:
     refine_steps: int = 0        # ICP steps after the rig's field (measured: they made ICT faces worse)
     refine_lr: float = 1e-4
     template_frame: bool = False  # with a face model: read fields on its template (the presets: on)
+    eyeballs_back_m: float = 0.0  # template frame: its eyeballs this far behind the lids (presets: 0.02)
     seed: int = 0
 
     def validate(self) -> None:
@@ -172,6 +173,8 @@ class RegistrationConfig:
         for name in ("coarse_steps", "fine_steps", "refine_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"registration.{name}: must be >= 0")
+        if not 0 <= self.eyeballs_back_m <= 0.05:
+            raise ValueError("registration.eyeballs_back_m: must be in [0, 0.05] m")
         if not (self.lr > 0 and self.refine_lr > 0 and self.smoothness >= 0 and self.gate_m > 0
                 and self.coarse_gate_m > 0):
             raise ValueError("registration: lr, refine_lr, gate_m and coarse_gate_m must be > 0, smoothness >= 0")
@@ -201,14 +204,16 @@ def tiny() -> AutodecoderConfig:
     0.999) rather than the paper's (0.5, 0.999) and 8 objects a step rather than 16 (twice the
     steps in the same time): an earlier short comparison whose figures were not kept; the decoder
     is still learning when a CPU budget ends (BENCHMARKS.md, "Stage 1 in the template frame").
-    G2 is linear (autodecoder.LinearFieldDecoder): decoded fields 0.03 mm closer to their targets in
-    the same minutes, and stage 2's linear expression mean becomes a linear model of the fields
-    (held-out expression error 0.235 -> 0.186 mm over the 3 seeds of `eval expression`, BENCHMARKS.md)."""
+    G2 is linear (autodecoder.LinearFieldDecoder): decoded fields 0.03 mm closer to their targets
+    in the same minutes, and stage 2's linear expression mean becomes a linear model of the fields
+    (held-out expression error 0.235 -> 0.186 mm over the 3 seeds of `eval expression`,
+    BENCHMARKS.md). The template's eyeballs 2 cm back, so that closed eyes close
+    (models.template_frame; BENCHMARKS.md, "Closed eyelids")."""
     return AutodecoderConfig(
         preset="tiny", model=ModelConfig(channels=[64, 16, 32], output="deformation", output_shuffle=2,
                                          field_decoder="linear"),
         train=TrainConfig(lr=1e-3, betas=[0.9, 0.999], embedding_lr=1e-2, objects_per_batch=8, max_steps=6000),
-        registration=RegistrationConfig(template_frame=True)).validate()
+        registration=RegistrationConfig(template_frame=True, eyeballs_back_m=0.02)).validate()
 
 
 def paper() -> AutodecoderConfig:
@@ -217,6 +222,7 @@ def paper() -> AutodecoderConfig:
     config = paper_radiance()
     config.preset, config.model.output = "paper", "deformation"
     config.registration.template_frame = True
+    config.registration.eyeballs_back_m = 0.02
     return config.validate()
 
 

@@ -111,7 +111,7 @@ def prepare_targets(run_dir: Path, segments: list[Segment], items: list[int], bo
     cached in ``run_dir`` (and, in the template frame, the subjects' frames)."""
     neutral_of = neutral_segments(segments)
     scans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    rig = _Rig(registration.face_model) if registration.face_model else None
+    rig = _Rig(registration.face_model, registration.eyeballs_back_m) if registration.face_model else None
     template = uses_template_frame(registration)
     frames: dict[int, TemplateFrame] = {}
 
@@ -186,8 +186,9 @@ def run_frame(run_dir: Path, registration: RegistrationConfig, neutral: int) -> 
 class _Rig:
     """The ICT face model fitted to each subject's neutral scan (once), moving it by ARKit weights."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, eyeballs_back_m: float = 0.0) -> None:
         self.model = load_face_model(path)
+        self.eyeballs_back_m = eyeballs_back_m
         self.fits: dict[int, Any] = {}
 
     def _fit(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Any:
@@ -215,7 +216,7 @@ class _Rig:
         return moved[keep] @ fit.rotation
 
     def frame(self, neutral: int, scan: tuple[np.ndarray, np.ndarray, np.ndarray]) -> TemplateFrame:
-        return frame_of(self._fit(neutral, scan), scan[0])
+        return frame_of(self._fit(neutral, scan), scan[0], eyeballs_back_m=self.eyeballs_back_m)
 
 
 def load_face_model(path: str) -> Any:

@@ -12,7 +12,10 @@ depend on the identity), and a learned model spends its capacity on what differs
 
 The template is ICT's mean identity with the jaw open (:data:`TEMPLATE_EXPRESSION`): a grid
 cannot give touching lips different motions, and with the jaw open the upper and lower lip of
-the template lie centimetres apart, so the jaw's motion no longer smears across the mouth.
+the template lie centimetres apart, so the jaw's motion no longer smears across the mouth. Likewise a closing eyelid slides over its
+eyeball a millimetre or two in front of it: with the template's eyeballs pushed back
+(``registration.eyeballs_back_m``; 2 cm in the presets) the lid's motion no longer smears onto
+the scan's visible eyeball, and a closed eye closes (BENCHMARKS.md, "Closed eyelids").
 Displacements are read in the model's axes and turned into the scan's by the fit's rotation.
 
 The frame also carries the person's mouth interior (:mod:`facestudio.models.mouth_interior`):
@@ -41,6 +44,7 @@ from facestudio.models.mouth_interior import MouthInterior, fitted_interior
 from facestudio.storage import writing
 
 TEMPLATE_EXPRESSION = {"jawOpen": 1.0}
+EYEBALLS = ("eyeball_left", "eyeball_right")
 INTERIOR_KEYS = ("vertices", "coords", "triangles", "colors")
 
 
@@ -51,31 +55,37 @@ class TemplateFrame:
     interior: MouthInterior | None = None   # the mouth behind the scan's closed lips
 
 
-def template_vertices(model, expression: dict[str, float] | None = None) -> np.ndarray:
-    """(V, 3) m: the template every person's scan is carried onto (mean identity, jaw open)."""
+def template_vertices(model, expression: dict[str, float] | None = None, eyeballs_back_m: float = 0.0) -> np.ndarray:
+    """(V, 3) m: the template every person's scan is carried onto (mean identity, jaw open,
+    eyeballs ``eyeballs_back_m`` behind their place; the model looks along +z)."""
     weights = blendshape_vector(TEMPLATE_EXPRESSION if expression is None else expression)
-    return model.vertices_m(np.zeros(model.num_identities, np.float32), weights)
+    vertices = model.vertices_m(np.zeros(model.num_identities, np.float32), weights)
+    vertices[model.region_mask(*EYEBALLS), 2] -= eyeballs_back_m
+    return vertices
 
 
-def frame_of(fit, scan_vertices: np.ndarray, expression: dict[str, float] | None = None) -> TemplateFrame:
+def frame_of(fit, scan_vertices: np.ndarray, expression: dict[str, float] | None = None,
+             eyeballs_back_m: float = 0.0) -> TemplateFrame:
     """The template frame of a scan from the face model fitted to it (an :class:`IctFit`);
-    ``expression``: the template's ARKit weights (default :data:`TEMPLATE_EXPRESSION`)."""
+    ``expression``: the template's ARKit weights (default :data:`TEMPLATE_EXPRESSION`);
+    ``eyeballs_back_m``: see :func:`template_vertices` (a run's registration.eyeballs_back_m)."""
     from facestudio.faces.fit import at, correspondence
 
     triangles, weights, closest = correspondence(fit, scan_vertices)
     offset = (scan_vertices - closest) @ fit.rotation          # scan axes -> model axes
-    template = template_vertices(fit.model, expression)
+    template = template_vertices(fit.model, expression, eyeballs_back_m)
     coords = at(template, triangles, weights) + offset
     return TemplateFrame(coords.astype(np.float32), np.asarray(fit.rotation, np.float32),
                          fitted_interior(fit, template))
 
 
-def fit_frame(model, vertices: np.ndarray, triangles: np.ndarray) -> TemplateFrame:
+def fit_frame(model, vertices: np.ndarray, triangles: np.ndarray, eyeballs_back_m: float = 0.0) -> TemplateFrame:
     """Fit the face model to a neutral scan and return the scan's template frame (~5 s)."""
     from facestudio.faces.fit import fit_ict
     from facestudio.models.deformation import vertex_normals
 
-    return frame_of(fit_ict(model, vertices, vertex_normals(vertices, triangles)), vertices)
+    return frame_of(fit_ict(model, vertices, vertex_normals(vertices, triangles)), vertices,
+                    eyeballs_back_m=eyeballs_back_m)
 
 
 def save_frame(path: Path, frame: TemplateFrame) -> None:
