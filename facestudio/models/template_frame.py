@@ -12,10 +12,11 @@ depend on the identity), and a learned model spends its capacity on what differs
 
 The template is ICT's mean identity with the jaw open (:data:`TEMPLATE_EXPRESSION`): a grid
 cannot give touching lips different motions, and with the jaw open the upper and lower lip of
-the template lie centimetres apart, so the jaw's motion no longer smears across the mouth. Likewise a closing eyelid slides over its
-eyeball a millimetre or two in front of it: with the template's eyeballs pushed back
-(``registration.eyeballs_back_m``; 2 cm in the presets) the lid's motion no longer smears onto
-the scan's visible eyeball, and a closed eye closes (BENCHMARKS.md, "Closed eyelids").
+the template lie centimetres apart, so the jaw's motion no longer smears across the mouth.
+Likewise a closing eyelid slides a millimetre or two in front of its eyeball: with the
+template's eyeballs pushed back (``registration.eyeballs_back_m``; 2 cm in the presets) the
+lid's motion no longer smears onto the scan's visible eyeball, and a closed eye closes
+(BENCHMARKS.md, "Closed eyelids").
 Displacements are read in the model's axes and turned into the scan's by the fit's rotation.
 
 The frame also carries the person's mouth interior (:mod:`facestudio.models.mouth_interior`):
